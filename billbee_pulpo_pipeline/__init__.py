@@ -1,0 +1,1 @@
+"""Billbee <-> PULPO WMS integration on Dagster and DuckDB."""

@@ -1,0 +1,1 @@
+"""Plain HTTP clients for Billbee and PULPO (no Dagster imports)."""
