@@ -133,10 +133,12 @@ class CountingRetry(Retry):
 
     def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
                   error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> CountingRetry:
-        if response is not None and self.stats is not None:
-            self.stats.record_status(response.status)
         new_retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        # Only after the retry is granted: when retries are exhausted, urllib3 hands this response back
+        # to `send`, which records its status itself (recording it here too counted it twice).
         if self.stats is not None:
+            if response is not None:
+                self.stats.record_status(response.status)
             self.stats.record_retry(self.endpoint)
         return new_retry
 
