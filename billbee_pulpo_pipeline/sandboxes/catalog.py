@@ -64,13 +64,17 @@ def sku_for(i: int) -> str | None:
     return None if i % NO_SKU_STRIDE == NO_SKU_STRIDE - 1 else f"SKU-{i:07d}"
 
 
+def is_bundle(i: int) -> bool:
+    """Whether product `i` is a bundle, without building the whole item (seeding 200k products)."""
+    return i % BUNDLE_STRIDE == BUNDLE_STRIDE - 1 and i >= 2
+
+
 def catalog_item(seed: int, i: int) -> CatalogItem:
     d = _digest(seed, i)
     noun = _NOUNS[d % len(_NOUNS)]
     adjective = _ADJECTIVES[(d >> 8) % len(_ADJECTIVES)]
     emoji = f" {_EMOJI[(d >> 16) % len(_EMOJI)]}" if i % 13 == 7 else ""
     ean_source = i - 1 if i % DUPLICATE_EAN_STRIDE == DUPLICATE_EAN_STRIDE - 1 else i
-    is_bundle = i % BUNDLE_STRIDE == BUNDLE_STRIDE - 1 and i >= 2
     return CatalogItem(
         index=i,
         billbee_id=billbee_product_id(i),
@@ -82,8 +86,8 @@ def catalog_item(seed: int, i: int) -> CatalogItem:
         length_cm=float(5 + (d >> 20) % 60),
         width_cm=float(5 + (d >> 26) % 40),
         height_cm=float(1 + (d >> 32) % 30),
-        is_bundle=is_bundle,
-        bom=((i - 2, 1), (i - 1, 2)) if is_bundle else (),
+        is_bundle=is_bundle(i),
+        bom=((i - 2, 1), (i - 1, 2)) if is_bundle(i) else (),
         price=round(1 + (d % 9999) / 100, 2),
         taric=f"{6900000000 + d % 99999999:010d}"[:8],
         country_of_origin=["DE", "AT", "PL", "CN", "IT"][(d >> 40) % 5],

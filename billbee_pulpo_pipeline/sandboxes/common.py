@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 Handler = Callable[[Request], Awaitable[Response]]
+ThrottleRule = tuple[str, float] | tuple[str, float, float]  # (bucket key, rate per second[, capacity])
 SIMULATOR_HEADER = "x-sandbox-actor"
 
 HTML_ERROR_PAGE = (
@@ -93,10 +94,12 @@ class TokenBuckets:
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, key: str, rate: float, now: float) -> float:
-        """Take one token; return 0 when granted, else the seconds until one is available."""
-        tokens, last = self._buckets.get(key, (rate, now))
-        tokens = min(rate, tokens + (now - last) * rate)
+    def take(self, key: str, rate: float, now: float, capacity: float | None = None) -> float:
+        """Take one token; return 0 when granted, else the seconds until one is available.
+        `capacity` (default: rate) allows slow limits such as 6 per minute (rate 0.1, capacity 6)."""
+        capacity = rate if capacity is None else capacity
+        tokens, last = self._buckets.get(key, (capacity, now))
+        tokens = min(capacity, tokens + (now - last) * rate)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
             return 0.0
@@ -128,8 +131,8 @@ class SandboxApp:
         """Return an error response when the request is not authenticated, else None."""
         return None
 
-    def throttle_rules(self, request: Request, template: str) -> list[tuple[str, float]]:
-        """(bucket key, requests per second) pairs that apply to this request; none by default."""
+    def throttle_rules(self, request: Request, template: str) -> list[ThrottleRule]:
+        """(bucket key, requests per second[, burst capacity]) rules for this request; none by default."""
         return []
 
     def throttled_response(self, retry_after: int) -> Response:
@@ -170,7 +173,8 @@ class SandboxApp:
                     return await self._log(request, label, denied)
             if self.throttle and not simulator:
                 now = time.monotonic()
-                waits = [self.buckets.take(key, rate, now) for key, rate in self.throttle_rules(request, label)]
+                waits = [self.buckets.take(rule[0], rule[1], now, rule[2] if len(rule) > 2 else None)
+                         for rule in self.throttle_rules(request, label)]
                 wait = max(waits, default=0.0)
                 if wait > 0:
                     self.stats.throttled_429 += 1
