@@ -1,0 +1,746 @@
+"""DuckDB state store: snapshots with content hashes, cursors, id mappings, a write ledger, a quarantine.
+
+DuckDB lets only one process open a database file for writing; a second one fails with "Could not set
+lock on file". Integrations run as separate Dagster runs (processes) at the same moment, so every public
+method here opens a short-lived connection under a cross-process file lock (`state.duckdb.lock` beside
+the database), does its work in one transaction and closes the connection before returning. No
+connection is ever held between calls, so callers queue for milliseconds instead of failing. A DuckDB
+lock error (a process that ignores the file lock, such as the DuckDB CLI) is retried until `timeout`.
+
+The store never receives secrets: callers store ids, hashes, business payloads and request summaries,
+never credentials or auth headers. Ids are VARCHAR, so 17-digit Billbee ids never pass through a float.
+Timestamps are UTC (stored as naive TIMESTAMP in UTC, returned timezone-aware).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
+
+SCHEMA_VERSION = 1
+DB_FILE_NAME = "state.duckdb"
+HOME_ENV = "BPP_HOME"
+DEFAULT_HOME = ".bpp"
+
+LEDGER_STATUSES = ("pending", "done", "failed", "attention", "skipped")
+FINISHED_STATUSES = frozenset(LEDGER_STATUSES) - {"pending"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot_rows (
+    dataset VARCHAR NOT NULL, key VARCHAR NOT NULL, hash VARCHAR NOT NULL, payload VARCHAR,
+    changed_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    dataset VARCHAR PRIMARY KEY, row_count BIGINT NOT NULL, updated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL, updated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS id_mappings (
+    kind VARCHAR NOT NULL, billbee_id VARCHAR NOT NULL, pulpo_id VARCHAR NOT NULL, extra VARCHAR,
+    updated_at TIMESTAMP NOT NULL, PRIMARY KEY (kind, billbee_id)
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    key VARCHAR PRIMARY KEY, integration VARCHAR NOT NULL, action VARCHAR NOT NULL, status VARCHAR NOT NULL,
+    attempts INTEGER NOT NULL, request VARCHAR, outcome VARCHAR, remote_id VARCHAR, message VARCHAR,
+    created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL, finished_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    integration VARCHAR NOT NULL, kind VARCHAR NOT NULL, record_key VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL, payload VARCHAR, first_seen TIMESTAMP NOT NULL, last_seen TIMESTAMP NOT NULL,
+    occurrences INTEGER NOT NULL, resolved_at TIMESTAMP, PRIMARY KEY (integration, kind, record_key)
+);
+"""
+
+Rows = Iterable[tuple[Any, str, Any]] | pd.DataFrame
+
+
+class StateStoreError(RuntimeError):
+    """The state store cannot be used (busy beyond the timeout, newer schema, bad input)."""
+
+
+def bpp_home(env: Mapping[str, str] | None = None) -> Path:
+    """The product's home directory: $BPP_HOME, else ./.bpp (not created here)."""
+    env = os.environ if env is None else env
+    return Path(env.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys: equal records give equal text, hence equal hashes."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def snapshot_row(key: Any, record: Any) -> tuple[str, str, str]:
+    """(key, content hash, payload JSON) for `replace_snapshot`, hashing the canonical JSON."""
+    payload = canonical_json(record)
+    return _id(key), hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest(), payload
+
+
+def _id(value: Any) -> str:
+    """Ids as text; floats are refused because a 17-digit id does not survive one."""
+    if isinstance(value, bool | float):
+        raise TypeError(f"ids must be str or int, not {type(value).__name__} (17-digit ids lose digits)")
+    if isinstance(value, int | str):
+        return str(value)
+    raise TypeError(f"ids must be str or int, not {type(value).__name__}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
+
+
+def _dumps(value: Any) -> str | None:
+    return canonical_json(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class SnapshotDiff:
+    """How an incoming snapshot differs from the stored one, by key and content hash."""
+
+    dataset: str
+    new: int
+    changed: int
+    removed: int
+    unchanged: int
+    new_keys: list[str] = field(repr=False)
+    changed_keys: list[str] = field(repr=False)
+    removed_keys: list[str] = field(repr=False)
+
+    @property
+    def upsert_keys(self) -> list[str]:
+        """Keys to write to the target: new and changed (fetch them with `snapshot_rows`)."""
+        return self.new_keys + self.changed_keys
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.new or self.changed or self.removed)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "new": self.new, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged
+        }
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    kind: str
+    billbee_id: str
+    pulpo_id: str
+    extra: dict[str, Any] | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One write to an external system. `previous_status` (set by `ledger_begin`) is the status before
+    this attempt: 'pending' means an earlier attempt died between begin and finish, so the write may or
+    may not have happened: check the remote system before sending it again."""
+
+    key: str
+    integration: str
+    action: str
+    status: str
+    attempts: int
+    request: dict[str, Any] | None
+    outcome: dict[str, Any] | None
+    remote_id: str | None
+    message: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    previous_status: str | None = None
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    integration: str
+    kind: str
+    record_key: str
+    reason: str
+    payload: Any
+    first_seen: datetime
+    last_seen: datetime
+    occurrences: int
+    resolved_at: datetime | None
+
+
+_LEDGER_COLUMNS = ("key, integration, action, status, attempts, request, outcome, remote_id, message, "
+                   "created_at, updated_at, finished_at")
+_QUARANTINE_COLUMNS = ("integration, kind, record_key, reason, payload, first_seen, last_seen, occurrences, "
+                       "resolved_at")
+
+
+def _ledger_entry(row: tuple[Any, ...], previous_status: str | None = None) -> LedgerEntry:
+    key, integration, action, status, attempts, request, outcome, remote_id, message, created, updated, \
+        finished = row
+    return LedgerEntry(key, integration, action, status, attempts, _loads(request), _loads(outcome),
+                       remote_id, message, created.replace(tzinfo=UTC), updated.replace(tzinfo=UTC),
+                       _aware(finished), previous_status)
+
+
+def _quarantine_entry(row: tuple[Any, ...]) -> QuarantineEntry:
+    integration, kind, record_key, reason, payload, first_seen, last_seen, occurrences, resolved_at = row
+    return QuarantineEntry(integration, kind, record_key, reason, _loads(payload),
+                           first_seen.replace(tzinfo=UTC), last_seen.replace(tzinfo=UTC), occurrences,
+                           _aware(resolved_at))
+
+
+class StateStore:
+    """The pipeline's local state in one DuckDB file; safe to use from many processes at once.
+
+    `path` is the database file (`*.duckdb`/`*.db`) or a directory such as `bpp_home()`, in which case
+    the file is `state.duckdb` inside it. `timeout` bounds the wait for the lock in seconds.
+    Secrets are never stored here: the store is never given credentials, tokens or auth headers.
+    """
+
+    def __init__(self, path: Path | str, *, timeout: float = 120.0) -> None:
+        path = Path(path).expanduser()
+        self.path = path if path.suffix in {".duckdb", ".db"} else path / DB_FILE_NAME
+        self.timeout = timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path) + ".lock", timeout=timeout)
+        self._schema_ready = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> StateStore:
+        """The store in $BPP_HOME (default ./.bpp)."""
+        return cls(bpp_home(env), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"StateStore({str(self.path)!r})"
+
+    # ---- connection handling
+
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A fresh connection under the file lock, inside a transaction; closed (and the lock released)
+        on exit. An exception rolls the transaction back."""
+        started = time.monotonic()
+        try:
+            self._lock.acquire(poll_interval=0.005)  # default 50 ms would idle between short ops
+        except FileLockTimeout:
+            raise StateStoreError(f"state store {self.path} stayed busy for {self.timeout:.0f} s") from None
+        try:
+            conn = self._open(started)
+            try:
+                if not self._schema_ready:
+                    self._create_schema(conn)
+                conn.execute("BEGIN TRANSACTION")
+                yield conn
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+        finally:
+            self._lock.release()
+
+    def _open(self, started: float) -> duckdb.DuckDBPyConnection:
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() - started > self.timeout:
+                    raise StateStoreError(f"cannot open state store {self.path}: {exc}") from None
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+
+    def _create_schema(self, conn: duckdb.DuckDBPyConnection) -> None:
+        conn.execute(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StateStoreError(f"state store {self.path} has schema version {row[0]}, newer than this "
+                                  f"program's {SCHEMA_VERSION}; upgrade billbee-pulpo")
+        self._schema_ready = True
+
+    def schema_version(self) -> int:
+        with self._connect() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    # ---- snapshots
+
+    def replace_snapshot(self, dataset: str, rows: Rows) -> SnapshotDiff:
+        """Store `rows` (key, hash, payload_json) as the dataset's complete snapshot and return the diff to
+        the previous one: keys not in `rows` are removed. Only new, changed and removed rows are written.
+
+        The snapshot is committed at once. When the target write may fail, prefer `diff_snapshot`, write,
+        then `upsert_snapshot` / `delete_snapshot_rows` for the records that succeeded, so failed records
+        show up as changes again on the next run."""
+        frame = _frame(rows)
+        with self._connect() as conn:
+            diff = self._diff(conn, dataset, frame, complete=True)
+            self._apply(conn, dataset)
+            self._write_snapshot_meta(conn, dataset)
+        return diff
+
+    def diff_snapshot(self, dataset: str, rows: Rows, *, complete: bool = True) -> SnapshotDiff:
+        """The diff `replace_snapshot` (complete) or `upsert_snapshot` would return, storing nothing."""
+        frame = _frame(rows)
+        with self._connect() as conn:
+            return self._diff(conn, dataset, frame, complete=complete)
+
+    def upsert_snapshot(self, dataset: str, rows: Rows) -> SnapshotDiff:
+        """Add or update some rows of the snapshot (keys not in `rows` stay; `removed` is always 0): for
+        incremental reads and for committing the records a write succeeded for."""
+        frame = _frame(rows)
+        with self._connect() as conn:
+            diff = self._diff(conn, dataset, frame, complete=False)
+            self._apply(conn, dataset)
+            self._write_snapshot_meta(conn, dataset)
+        return diff
+
+    def delete_snapshot_rows(self, dataset: str, keys: Iterable[Any]) -> int:
+        """Remove some keys from the snapshot; returns how many existed."""
+        wanted = pd.DataFrame({"key": [_id(key) for key in keys]}, dtype=object)
+        with self._connect() as conn:
+            conn.register("wanted", wanted)
+            condition = "dataset = ? AND key IN (SELECT CAST(key AS VARCHAR) FROM wanted)"
+            found = conn.execute(
+                f"SELECT count(*) FROM snapshot_rows WHERE {condition}", [dataset]
+            ).fetchone()
+            conn.execute(f"DELETE FROM snapshot_rows WHERE {condition}", [dataset])
+            self._write_snapshot_meta(conn, dataset)
+        return int(found[0]) if found else 0
+
+    def snapshot_rows(self, dataset: str, keys: Iterable[Any] | None = None) -> dict[str, str]:
+        """key -> payload JSON of the stored snapshot, for all keys or the given ones."""
+        with self._connect() as conn:
+            if keys is None:
+                result = conn.execute(
+                    "SELECT key, payload FROM snapshot_rows WHERE dataset = ?", [dataset]
+                ).fetchall()
+            else:
+                conn.register("wanted", pd.DataFrame({"key": [_id(key) for key in keys]}, dtype=object))
+                result = conn.execute("""
+                    SELECT s.key, s.payload FROM snapshot_rows s
+                    JOIN (SELECT DISTINCT CAST(key AS VARCHAR) AS key FROM wanted) w ON s.key = w.key
+                    WHERE s.dataset = ?
+                """, [dataset]).fetchall()
+        return dict(result)
+
+    def snapshot_keys(self, dataset: str) -> set[str]:
+        with self._connect() as conn:
+            result = conn.execute("SELECT key FROM snapshot_rows WHERE dataset = ?", [dataset]).fetchall()
+        return {key for (key,) in result}
+
+    def delete_snapshot(self, dataset: str) -> None:
+        """Forget a dataset, so the next run treats every record as new (a full resend)."""
+        with self._connect() as conn:
+            conn.execute("DELETE FROM snapshot_rows WHERE dataset = ?", [dataset])
+            conn.execute("DELETE FROM snapshots WHERE dataset = ?", [dataset])
+
+    def _load_incoming(self, conn: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> None:
+        conn.register("incoming_frame", frame)
+        conn.execute("""
+            CREATE TEMP TABLE incoming AS SELECT CAST(key AS VARCHAR) AS key, CAST(hash AS VARCHAR) AS hash,
+                CAST(payload AS VARCHAR) AS payload FROM incoming_frame
+        """)
+        conn.unregister("incoming_frame")
+        total, distinct, nulls = conn.execute(
+            "SELECT count(*), count(DISTINCT key), count(*) FILTER (key IS NULL OR hash IS NULL) "
+            "FROM incoming"
+        ).fetchone() or (0, 0, 0)
+        if nulls:
+            raise StateStoreError(f"{nulls} snapshot row(s) without key or hash")
+        if distinct != total:
+            duplicate = conn.execute(
+                "SELECT key FROM incoming GROUP BY key HAVING count(*) > 1 ORDER BY key LIMIT 1"
+            ).fetchone()
+            raise StateStoreError(f"{total - distinct} duplicate snapshot key(s), e.g. {duplicate[0]!r}")
+
+    def _diff(
+        self, conn: duckdb.DuckDBPyConnection, dataset: str, frame: pd.DataFrame, *, complete: bool
+    ) -> SnapshotDiff:
+        """Classify every key in SQL (a hash join, not a Python loop) into the temp table `diff`.
+        `complete`: the incoming rows are the whole dataset, so stored keys missing from them are removed."""
+        self._load_incoming(conn, frame)
+        join = "FULL OUTER JOIN" if complete else "LEFT JOIN"
+        conn.execute(f"""
+            CREATE TEMP TABLE diff AS
+            SELECT coalesce(i.key, s.key) AS key,
+                   CASE WHEN s.key IS NULL THEN 'new'
+                        WHEN i.key IS NULL THEN 'removed'
+                        WHEN i.hash <> s.hash THEN 'changed'
+                        ELSE 'unchanged' END AS status
+            FROM incoming i
+            {join} (SELECT key, hash FROM snapshot_rows WHERE dataset = ?) s ON i.key = s.key
+        """, [dataset])
+        counts = dict(conn.execute("SELECT status, count(*) FROM diff GROUP BY status").fetchall())
+        keys: dict[str, list[str]] = {"new": [], "changed": [], "removed": []}
+        for key, status in conn.execute(
+            "SELECT key, status FROM diff WHERE status <> 'unchanged' ORDER BY key"
+        ).fetchall():
+            keys[status].append(key)
+        return SnapshotDiff(
+            dataset=dataset,
+            new=counts.get("new", 0),
+            changed=counts.get("changed", 0),
+            removed=counts.get("removed", 0),
+            unchanged=counts.get("unchanged", 0),
+            new_keys=keys["new"],
+            changed_keys=keys["changed"],
+            removed_keys=keys["removed"],
+        )
+
+    def _apply(self, conn: duckdb.DuckDBPyConnection, dataset: str) -> None:
+        """Write the rows of the last `_diff` that are new or changed; delete changed and removed ones."""
+        conn.execute("""
+            DELETE FROM snapshot_rows WHERE dataset = $dataset
+              AND key IN (SELECT key FROM diff WHERE status IN ('changed', 'removed'))
+        """, {"dataset": dataset})
+        conn.execute("""
+            INSERT INTO snapshot_rows
+            SELECT $dataset, i.key, i.hash, i.payload, $now FROM incoming i
+            JOIN diff d ON d.key = i.key AND d.status IN ('new', 'changed')
+        """, {"dataset": dataset, "now": _now()})
+
+    def _write_snapshot_meta(self, conn: duckdb.DuckDBPyConnection, dataset: str) -> None:
+        conn.execute("""
+            INSERT INTO snapshots
+            SELECT $dataset, (SELECT count(*) FROM snapshot_rows WHERE dataset = $dataset), $now
+            ON CONFLICT (dataset) DO UPDATE SET row_count = excluded.row_count,
+                updated_at = excluded.updated_at
+        """, {"dataset": dataset, "now": _now()})
+
+    # ---- cursors
+
+    def get_cursor(self, name: str) -> str | None:
+        """A watermark such as the last order modification time read; None before the first run."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT value FROM cursors WHERE name = ?", [name]).fetchone()
+        return row[0] if row else None
+
+    def set_cursor(self, name: str, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"cursor values are text, not {type(value).__name__}")
+        with self._connect() as conn:
+            conn.execute("""
+                INSERT INTO cursors VALUES (?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+            """, [name, value, _now()])
+
+    def cursors(self, prefix: str = "") -> dict[str, str]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT name, value FROM cursors WHERE starts_with(name, ?) ORDER BY name", [prefix]
+            ).fetchall()
+        return dict(rows)
+
+    # ---- id mappings
+
+    def put_mapping(self, kind: str, billbee_id: str | int, pulpo_id: str | int,
+                    extra: dict[str, Any] | None = None) -> None:
+        """Remember that Billbee `billbee_id` is PULPO `pulpo_id` for `kind` (product, order, ...)."""
+        self.put_mappings(kind, [(billbee_id, pulpo_id, extra)])
+
+    def put_mappings(
+        self, kind: str, items: Iterable[tuple[str | int, str | int, dict[str, Any] | None]]
+    ) -> int:
+        """Bulk `put_mapping` in one transaction; the last item wins for a repeated Billbee id."""
+        rows = {_id(billbee): (_id(pulpo), _dumps(extra)) for billbee, pulpo, extra in items}
+        if not rows:
+            return 0
+        frame = pd.DataFrame(
+            {"billbee_id": list(rows), "pulpo_id": [v[0] for v in rows.values()],
+             "extra": [v[1] for v in rows.values()]},
+            dtype=object,
+        )
+        with self._connect() as conn:
+            conn.register("mapping_frame", frame)
+            conn.execute("""
+                INSERT INTO id_mappings
+                SELECT $kind, CAST(billbee_id AS VARCHAR), CAST(pulpo_id AS VARCHAR), CAST(extra AS VARCHAR),
+                       $now FROM mapping_frame
+                ON CONFLICT (kind, billbee_id) DO UPDATE SET pulpo_id = excluded.pulpo_id,
+                    extra = excluded.extra, updated_at = excluded.updated_at
+            """, {"kind": kind, "now": _now()})
+        return len(rows)
+
+    def get_mapping(self, kind: str, billbee_id: str | int) -> IdMapping | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT kind, billbee_id, pulpo_id, extra, updated_at FROM id_mappings "
+                "WHERE kind = ? AND billbee_id = ?", [kind, _id(billbee_id)]
+            ).fetchone()
+        return _mapping(row) if row else None
+
+    def get_mapping_by_pulpo(self, kind: str, pulpo_id: str | int) -> IdMapping | None:
+        """The mapping for a PULPO id (the most recent one if several Billbee ids point to it)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT kind, billbee_id, pulpo_id, extra, updated_at FROM id_mappings "
+                "WHERE kind = ? AND pulpo_id = ? ORDER BY updated_at DESC, billbee_id LIMIT 1",
+                [kind, _id(pulpo_id)],
+            ).fetchone()
+        return _mapping(row) if row else None
+
+    def mappings(self, kind: str) -> dict[str, str]:
+        """billbee_id -> pulpo_id for every mapping of `kind`."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT billbee_id, pulpo_id FROM id_mappings WHERE kind = ?", [kind]
+            ).fetchall()
+        return dict(rows)
+
+    def delete_mapping(self, kind: str, billbee_id: str | int) -> bool:
+        with self._connect() as conn:
+            found = conn.execute(
+                "SELECT count(*) FROM id_mappings WHERE kind = ? AND billbee_id = ?", [kind, _id(billbee_id)]
+            ).fetchone()
+            conn.execute("DELETE FROM id_mappings WHERE kind = ? AND billbee_id = ?", [kind, _id(billbee_id)])
+        return bool(found and found[0])
+
+    # ---- ledger
+
+    def ledger_begin(
+        self, key: str, integration: str, action: str, request: dict[str, Any] | None = None
+    ) -> LedgerEntry:
+        """Record that a write identified by the idempotency `key` is about to be sent: status 'pending',
+        attempts + 1. `request` is a summary for humans and retries; never put credentials in it."""
+        now = _now()
+        with self._connect() as conn:
+            previous = conn.execute("SELECT status FROM ledger WHERE key = ?", [key]).fetchone()
+            conn.execute("""
+                INSERT INTO ledger
+                    (key, integration, action, status, attempts, request, created_at, updated_at)
+                VALUES (?, ?, ?, 'pending', 1, ?, ?, ?)
+                ON CONFLICT (key) DO UPDATE SET status = 'pending', attempts = attempts + 1,
+                    integration = excluded.integration, action = excluded.action, request = excluded.request,
+                    updated_at = excluded.updated_at, finished_at = NULL
+            """, [key, integration, action, _dumps(request), now, now])
+            row = conn.execute(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key = ?", [key]).fetchone()
+        assert row is not None
+        return _ledger_entry(row, previous[0] if previous else None)
+
+    def ledger_finish(
+        self,
+        key: str,
+        status: str,
+        outcome: dict[str, Any] | None = None,
+        remote_id: str | int | None = None,
+        message: str | None = None,
+    ) -> LedgerEntry:
+        """Record the result of a write begun with `ledger_begin`: done, failed, attention or skipped."""
+        if status not in FINISHED_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(sorted(FINISHED_STATUSES))}, not {status!r}")
+        now = _now()
+        remote = None if remote_id is None else _id(remote_id)
+        with self._connect() as conn:
+            if conn.execute("SELECT 1 FROM ledger WHERE key = ?", [key]).fetchone() is None:
+                raise KeyError(f"no ledger entry {key!r}; call ledger_begin first")
+            conn.execute("""
+                UPDATE ledger SET status = ?, outcome = ?, remote_id = coalesce(?, remote_id), message = ?,
+                    updated_at = ?, finished_at = ?
+                WHERE key = ?
+            """, [status, _dumps(outcome), remote, message, now, now, key])
+            row = conn.execute(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key = ?", [key]).fetchone()
+        assert row is not None
+        return _ledger_entry(row)
+
+    def ledger_get(self, key: str) -> LedgerEntry | None:
+        with self._connect() as conn:
+            row = conn.execute(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key = ?", [key]).fetchone()
+        return _ledger_entry(row) if row else None
+
+    def ledger_entries(
+        self, integration: str | None = None, status: str | None = None, limit: int | None = None
+    ) -> list[LedgerEntry]:
+        """Entries, most recently updated first, optionally filtered by integration and status."""
+        query = f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE (? IS NULL OR integration = ?) " \
+                "AND (? IS NULL OR status = ?) ORDER BY updated_at DESC, key"
+        params: list[Any] = [integration, integration, status, status]
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(int(limit))
+        with self._connect() as conn:
+            rows = conn.execute(query, params).fetchall()
+        return [_ledger_entry(row) for row in rows]
+
+    # ---- quarantine
+
+    def quarantine_put(
+        self,
+        integration: str,
+        record_key: str | int,
+        reason: str,
+        payload: Any = None,
+        *,
+        kind: str = "record",
+    ) -> QuarantineEntry:
+        """Park a record that cannot be synced, with the reason. Repeats update the reason and payload,
+        keep `first_seen`, count `occurrences` and reopen a resolved entry. `kind` (product, order, ...)
+        separates record types of one integration."""
+        self._quarantine_upsert(integration, kind, {_id(record_key): (reason, payload)})
+        entries = self.quarantine_list(integration, include_resolved=True, kind=kind, record_key=record_key)
+        return entries[0]
+
+    def quarantine_sync(
+        self, integration: str, kind: str, current: Mapping[Any, tuple[str, Any]]
+    ) -> dict[str, int]:
+        """Make `current` (record_key -> (reason, payload)) the open quarantine of this integration and
+        kind, after a full read: listed records are put (see `quarantine_put`), open ones not listed are
+        resolved. Returns counts: open, new (first time or reopened), resolved."""
+        return self._quarantine_upsert(integration, kind, {_id(k): v for k, v in current.items()},
+                                       resolve_others=True)
+
+    def _quarantine_upsert(
+        self, integration: str, kind: str, records: dict[str, tuple[str, Any]], resolve_others: bool = False
+    ) -> dict[str, int]:
+        frame = pd.DataFrame({
+            "record_key": list(records),
+            "reason": [str(reason) for reason, _ in records.values()],
+            "payload": [_dumps(payload) for _, payload in records.values()],
+        }, dtype=object)
+        params = {"integration": integration, "kind": kind, "now": _now()}
+        with self._connect() as conn:
+            conn.register("quarantined", frame)
+            conn.execute("""
+                CREATE TEMP TABLE q AS SELECT CAST(record_key AS VARCHAR) AS record_key,
+                    CAST(reason AS VARCHAR) AS reason, CAST(payload AS VARCHAR) AS payload FROM quarantined
+            """)
+            new = conn.execute("""
+                SELECT count(*) FROM q WHERE NOT EXISTS (
+                    SELECT 1 FROM quarantine x WHERE x.integration = $integration AND x.kind = $kind
+                      AND x.record_key = q.record_key AND x.resolved_at IS NULL)
+            """, {"integration": integration, "kind": kind}).fetchone()
+            resolved = (0,)
+            if resolve_others:
+                others = """FROM quarantine WHERE integration = $integration AND kind = $kind
+                    AND resolved_at IS NULL AND record_key NOT IN (SELECT record_key FROM q)"""
+                resolved = conn.execute(f"SELECT count(*) {others}",
+                                        {"integration": integration, "kind": kind}).fetchone() or (0,)
+                conn.execute(
+                    f"UPDATE quarantine SET resolved_at = $now WHERE rowid IN (SELECT rowid {others})", params
+                )
+            if records:
+                conn.execute("""
+                    INSERT INTO quarantine
+                    SELECT $integration, $kind, record_key, reason, payload, $now, $now, 1, NULL FROM q
+                    ON CONFLICT (integration, kind, record_key) DO UPDATE SET reason = excluded.reason,
+                        payload = excluded.payload, last_seen = excluded.last_seen,
+                        occurrences = occurrences + 1, resolved_at = NULL
+                """, params)
+        return {"open": len(records), "new": int(new[0]) if new else 0, "resolved": int(resolved[0])}
+
+    def quarantine_resolve(self, integration: str, record_key: str | int, *, kind: str | None = None) -> bool:
+        """Mark the open entry (of any kind unless given) resolved, kept for history; False if none."""
+        condition = "integration = ? AND record_key = ? AND (? IS NULL OR kind = ?) AND resolved_at IS NULL"
+        params = [integration, _id(record_key), kind, kind]
+        with self._connect() as conn:
+            found = conn.execute(f"SELECT count(*) FROM quarantine WHERE {condition}", params).fetchone()
+            conn.execute(f"UPDATE quarantine SET resolved_at = ? WHERE {condition}", [_now(), *params])
+        return bool(found and found[0])
+
+    def quarantine_list(
+        self,
+        integration: str | None = None,
+        include_resolved: bool = False,
+        *,
+        kind: str | None = None,
+        record_key: str | int | None = None,
+    ) -> list[QuarantineEntry]:
+        """Quarantined records, oldest first; open ones only unless `include_resolved`."""
+        key = None if record_key is None else _id(record_key)
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine WHERE (? IS NULL OR integration = ?) "
+                "AND (? IS NULL OR kind = ?) AND (? IS NULL OR record_key = ?) "
+                "AND (? OR resolved_at IS NULL) "
+                "ORDER BY first_seen, integration, kind, record_key",
+                [integration, integration, kind, kind, key, key, include_resolved],
+            ).fetchall()
+        return [_quarantine_entry(row) for row in rows]
+
+    # ---- overview
+
+    def summary(self, integration: str | None = None) -> dict[str, Any]:
+        """Counts for the status command. With `integration`, the ledger and quarantine are filtered by
+        it, and cursors and snapshot datasets by the naming convention `<integration>.<name>`."""
+        prefix = f"{integration}." if integration else ""
+        with self._connect() as conn:
+            ledger = dict(conn.execute(
+                "SELECT status, count(*) FROM ledger WHERE (? IS NULL OR integration = ?) GROUP BY status",
+                [integration, integration],
+            ).fetchall())
+            last_write = conn.execute(
+                "SELECT max(updated_at) FROM ledger WHERE (? IS NULL OR integration = ?)",
+                [integration, integration],
+            ).fetchone()
+            quarantine = conn.execute(
+                "SELECT count(*) FILTER (resolved_at IS NULL), count(*) FILTER (resolved_at IS NOT NULL) "
+                "FROM quarantine WHERE (? IS NULL OR integration = ?)", [integration, integration]
+            ).fetchone()
+            snapshots = dict(conn.execute(
+                "SELECT dataset, row_count FROM snapshots WHERE starts_with(dataset, ?) ORDER BY dataset",
+                [prefix],
+            ).fetchall())
+            cursors = dict(conn.execute(
+                "SELECT name, value FROM cursors WHERE starts_with(name, ?) ORDER BY name", [prefix]
+            ).fetchall())
+            mappings = dict(conn.execute(
+                "SELECT kind, count(*) FROM id_mappings GROUP BY kind ORDER BY kind"
+            ).fetchall())
+        return {
+            "integration": integration,
+            "ledger": {status: int(ledger.get(status, 0)) for status in LEDGER_STATUSES},
+            "last_write": _aware(last_write[0]) if last_write else None,
+            "quarantine_open": int(quarantine[0]) if quarantine else 0,
+            "quarantine_resolved": int(quarantine[1]) if quarantine else 0,
+            "snapshots": snapshots,
+            "cursors": cursors,
+            "mappings": mappings,
+        }
+
+
+def _mapping(row: tuple[Any, ...]) -> IdMapping:
+    kind, billbee_id, pulpo_id, extra, updated_at = row
+    return IdMapping(kind, billbee_id, pulpo_id, _loads(extra), updated_at.replace(tzinfo=UTC))
+
+
+def _frame(rows: Rows) -> pd.DataFrame:
+    """Snapshot input as a DataFrame with text columns key, hash, payload."""
+    if isinstance(rows, pd.DataFrame):
+        columns = {str(column).lower(): column for column in rows.columns}
+        payload = columns.get("payload", columns.get("payload_json"))
+        if "key" not in columns or "hash" not in columns or payload is None:
+            raise StateStoreError("snapshot DataFrame needs columns key, hash and payload (or payload_json)")
+        frame = rows[[columns["key"], columns["hash"], payload]].copy()
+        frame.columns = ["key", "hash", "payload"]
+        if frame["key"].dtype.kind == "f":
+            raise TypeError("snapshot keys must not be floats (17-digit ids lose digits)")
+        if frame["key"].dtype.kind == "O":  # mixed Python objects: check each id
+            frame["key"] = frame["key"].map(_id)
+        return frame
+    keys: list[str] = []
+    hashes: list[str] = []
+    payloads: list[str | None] = []
+    for key, content_hash, payload in rows:
+        keys.append(_id(key))
+        hashes.append(content_hash)
+        payloads.append(payload if payload is None or isinstance(payload, str) else canonical_json(payload))
+    return pd.DataFrame({"key": keys, "hash": hashes, "payload": payloads}, dtype=object)

@@ -1,0 +1,430 @@
+"""The DuckDB state store: API, diff correctness and speed, and concurrent writers in separate processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from filelock import FileLock
+
+from billbee_pulpo_pipeline.state import (
+    SCHEMA_VERSION,
+    StateStore,
+    StateStoreError,
+    bpp_home,
+    canonical_json,
+    snapshot_row,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BIG_ID = "20000000000012103"  # > 2**53: a float would turn it into ...12104
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    return StateStore(tmp_path / "home")
+
+
+def rows_for(records: dict[str, dict]) -> list[tuple[str, str, str]]:
+    return [snapshot_row(key, record) for key, record in records.items()]
+
+
+# --------------------------------------------------------------------------------------------------
+# Location and schema
+
+
+def test_bpp_home_from_env_or_default():
+    assert bpp_home({"BPP_HOME": "/srv/bpp"}) == Path("/srv/bpp")
+    assert bpp_home({}) == Path(".bpp")
+
+
+def test_store_path_is_a_directory_or_a_file(tmp_path):
+    assert StateStore(tmp_path / "home").path == tmp_path / "home" / "state.duckdb"
+    assert StateStore(tmp_path / "custom.duckdb").path == tmp_path / "custom.duckdb"
+    assert StateStore.from_env({"BPP_HOME": str(tmp_path / "h")}).path == tmp_path / "h" / "state.duckdb"
+
+
+def test_schema_is_created_idempotently_with_a_version_row(tmp_path):
+    first = StateStore(tmp_path)
+    first.set_cursor("a", "1")
+    second = StateStore(tmp_path)  # a new process would do the same: CREATE ... IF NOT EXISTS
+    assert second.schema_version() == SCHEMA_VERSION
+    assert second.get_cursor("a") == "1"
+    with duckdb.connect(str(first.path)) as conn:
+        assert conn.execute("SELECT count(*) FROM meta WHERE key = 'schema_version'").fetchone() == (1,)
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    StateStore(tmp_path).set_cursor("a", "1")
+    with duckdb.connect(str(tmp_path / "state.duckdb")) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StateStoreError, match="schema version 99"):
+        StateStore(tmp_path).get_cursor("a")
+
+
+def test_no_connection_is_held_between_calls(store):
+    store.set_cursor("a", "1")
+    # If the store kept the file open, this plain DuckDB connection would fail with a lock error
+    # (in this process DuckDB would share the instance, so check from another process).
+    code = f"import duckdb; duckdb.connect({str(store.path)!r}).execute('SELECT 1')"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------------------------------
+# Snapshots
+
+
+def test_first_snapshot_is_all_new(store):
+    diff = store.replace_snapshot("shop.products", rows_for({"a": {"q": 1}, "b": {"q": 2}}))
+    assert diff.counts() == {"new": 2, "changed": 0, "removed": 0, "unchanged": 0}
+    assert diff.new_keys == ["a", "b"] and diff.has_changes
+    expected = {"a": canonical_json({"q": 1}), "b": canonical_json({"q": 2})}
+    assert store.snapshot_rows("shop.products") == expected
+
+
+def test_diff_classifies_new_changed_removed_unchanged(store):
+    store.replace_snapshot("d", rows_for({"keep": {"v": 1}, "edit": {"v": 1}, "gone": {"v": 1}}))
+    diff = store.replace_snapshot("d", rows_for({"keep": {"v": 1}, "edit": {"v": 2}, "fresh": {"v": 3}}))
+    assert (diff.new_keys, diff.changed_keys, diff.removed_keys) == (["fresh"], ["edit"], ["gone"])
+    assert diff.counts() == {"new": 1, "changed": 1, "removed": 1, "unchanged": 1}
+    assert sorted(diff.upsert_keys) == ["edit", "fresh"]
+    assert store.snapshot_keys("d") == {"keep", "edit", "fresh"}
+    assert store.snapshot_rows("d", ["edit", "missing"]) == {"edit": canonical_json({"v": 2})}
+    again = store.replace_snapshot("d", rows_for({"keep": {"v": 1}, "edit": {"v": 2}, "fresh": {"v": 3}}))
+    assert again.counts() == {"new": 0, "changed": 0, "removed": 0, "unchanged": 3} and not again.has_changes
+
+
+def test_diff_matches_a_python_reference_on_random_data(store):
+    rng = random.Random(7)
+    before = {f"k{i}": {"q": rng.randint(0, 3)} for i in range(2_000)}
+    after = {k: {"q": rng.randint(0, 3)} for k in before if rng.random() < 0.9}
+    after |= {f"n{i}": {"q": 1} for i in range(150)}
+    store.replace_snapshot("r", rows_for(before))
+    diff = store.replace_snapshot("r", rows_for(after))
+    assert set(diff.new_keys) == after.keys() - before.keys()
+    assert set(diff.removed_keys) == before.keys() - after.keys()
+    assert set(diff.changed_keys) == {k for k in after.keys() & before.keys() if after[k] != before[k]}
+    assert diff.unchanged == sum(1 for k in after.keys() & before.keys() if after[k] == before[k])
+    assert store.snapshot_rows("r") == {k: canonical_json(v) for k, v in after.items()}
+
+
+def test_datasets_are_independent(store):
+    store.replace_snapshot("one", rows_for({"a": {}}))
+    diff = store.replace_snapshot("two", rows_for({"b": {}}))
+    assert diff.removed == 0 and store.snapshot_keys("one") == {"a"}
+    store.delete_snapshot("one")
+    assert store.snapshot_keys("one") == set() and store.snapshot_keys("two") == {"b"}
+
+
+def test_diff_snapshot_stores_nothing_and_upsert_keeps_other_keys(store):
+    store.replace_snapshot("d", rows_for({"a": {"v": 1}, "b": {"v": 1}}))
+    preview = store.diff_snapshot("d", rows_for({"a": {"v": 2}}))
+    assert (preview.changed_keys, preview.removed_keys) == (["a"], ["b"])
+    assert store.snapshot_rows("d", ["a"]) == {"a": canonical_json({"v": 1})}
+    partial = store.diff_snapshot("d", rows_for({"a": {"v": 2}}), complete=False)
+    assert partial.removed == 0
+
+    upsert = store.upsert_snapshot("d", rows_for({"a": {"v": 2}, "c": {"v": 1}}))
+    assert upsert.counts() == {"new": 1, "changed": 1, "removed": 0, "unchanged": 0}
+    assert store.snapshot_keys("d") == {"a", "b", "c"}
+    assert store.delete_snapshot_rows("d", ["b", "zz"]) == 1
+    assert store.snapshot_keys("d") == {"a", "c"}
+    assert store.summary()["snapshots"] == {"d": 2}
+
+
+def test_dataframe_input_with_integer_and_17_digit_keys(store):
+    frame = pd.DataFrame({"key": [int(BIG_ID), 5], "hash": ["h1", "h2"], "payload_json": ["{}", "{}"]})
+    diff = store.replace_snapshot("df", frame)
+    assert sorted(diff.new_keys) == sorted([BIG_ID, "5"])
+    assert store.snapshot_keys("df") == {BIG_ID, "5"}
+
+
+def test_bad_snapshot_input_is_refused(store):
+    with pytest.raises(StateStoreError, match="duplicate snapshot key"):
+        store.replace_snapshot("d", [("a", "h", "{}"), ("a", "h2", "{}")])
+    with pytest.raises(TypeError, match="17-digit"):
+        store.replace_snapshot("d", [(2.0e16, "h", "{}")])
+    with pytest.raises(TypeError, match="float"):
+        store.replace_snapshot("d", pd.DataFrame({"key": [1.0], "hash": ["h"], "payload": ["{}"]}))
+    with pytest.raises(StateStoreError, match="without key or hash"):
+        store.replace_snapshot("d", [("a", None, "{}")])
+    with pytest.raises(StateStoreError, match="columns"):
+        store.replace_snapshot("d", pd.DataFrame({"id": ["a"]}))
+    assert store.snapshot_keys("d") == set(), "a refused snapshot writes nothing"
+
+
+def test_empty_snapshot_removes_everything(store):
+    store.replace_snapshot("d", rows_for({"a": {}, "b": {}}))
+    diff = store.replace_snapshot("d", [])
+    assert diff.removed_keys == ["a", "b"] and store.snapshot_keys("d") == set()
+
+
+def test_200k_row_diff_in_about_a_second(store):
+    count = 200_000
+    first = [(f"{10**16 + i}", f"h{i}", f'{{"i":{i}}}') for i in range(count)]
+    store.replace_snapshot("big", first)
+    second = [(key, h if i % 10 else h + "x", payload) for i, (key, h, payload) in enumerate(first[1_000:])]
+    second += [(f"new{i}", "h", "{}") for i in range(500)]
+
+    started = time.perf_counter()
+    diff = store.replace_snapshot("big", second)
+    elapsed = time.perf_counter() - started
+
+    assert diff.counts() == {"new": 500, "changed": 19_900, "removed": 1_000, "unchanged": 179_100}
+    assert len(diff.changed_keys) == 19_900 and len(diff.removed_keys) == 1_000
+    assert elapsed < 3.0, f"200k-row diff took {elapsed:.2f} s"
+    assert store.summary()["snapshots"]["big"] == 199_500
+
+
+# --------------------------------------------------------------------------------------------------
+# Cursors and mappings
+
+
+def test_cursors(store):
+    assert store.get_cursor("shop.orders_since") is None
+    store.set_cursor("shop.orders_since", "2026-01-01T00:00:00Z")
+    store.set_cursor("shop.orders_since", "2026-01-02T00:00:00Z")
+    store.set_cursor("other.x", "1")
+    assert store.get_cursor("shop.orders_since") == "2026-01-02T00:00:00Z"
+    assert store.cursors("shop.") == {"shop.orders_since": "2026-01-02T00:00:00Z"}
+    with pytest.raises(TypeError):
+        store.set_cursor("n", 5)  # type: ignore[arg-type]
+
+
+def test_mappings_keep_17_digit_ids_exact(store):
+    store.put_mapping("product", int(BIG_ID), 501, {"sku": "A-1"})
+    store.put_mapping("product", "42", "502")
+    store.put_mapping("order", "42", "9001")
+    found = store.get_mapping("product", BIG_ID)
+    assert found is not None
+    assert (found.billbee_id, found.pulpo_id, found.extra) == (BIG_ID, "501", {"sku": "A-1"})
+    assert found.updated_at.tzinfo is UTC
+    assert store.get_mapping_by_pulpo("product", 501).billbee_id == BIG_ID
+    assert store.get_mapping("product", "nope") is None
+    assert store.mappings("product") == {BIG_ID: "501", "42": "502"}
+    assert store.mappings("order") == {"42": "9001"}
+    store.put_mapping("product", "42", "503")  # a re-created PULPO product replaces the mapping
+    assert store.mappings("product")["42"] == "503"
+    assert store.delete_mapping("product", "42") and not store.delete_mapping("product", "42")
+    with pytest.raises(TypeError, match="17-digit"):
+        store.put_mapping("product", float(BIG_ID), "1")
+
+
+def test_bulk_mappings(store):
+    written = store.put_mappings("product", [(str(i), str(1000 + i), None) for i in range(5_000)] +
+                                 [("0", "1", {"again": True})])
+    assert written == 5_000
+    mapping = store.mappings("product")
+    assert len(mapping) == 5_000 and mapping["0"] == "1" and mapping["4999"] == "5999"
+    assert store.get_mapping("product", "0").extra == {"again": True}
+
+
+# --------------------------------------------------------------------------------------------------
+# Ledger and quarantine
+
+
+def test_ledger_lifecycle(store):
+    first = store.ledger_begin("order:1:create", "verkaufsauftraege", "create_order", {"order": BIG_ID})
+    assert (first.status, first.attempts, first.previous_status) == ("pending", 1, None)
+    assert first.request == {"order": BIG_ID} and first.created_at.tzinfo is UTC
+    assert abs((datetime.now(UTC) - first.created_at).total_seconds()) < 60
+
+    retry = store.ledger_begin("order:1:create", "verkaufsauftraege", "create_order", {"order": BIG_ID})
+    assert (retry.status, retry.attempts, retry.previous_status) == ("pending", 2, "pending")
+    assert retry.created_at == first.created_at
+
+    done = store.ledger_finish("order:1:create", "done", {"http": 201}, remote_id=int(BIG_ID), message="ok")
+    assert (done.status, done.remote_id, done.outcome, done.message) == ("done", BIG_ID, {"http": 201}, "ok")
+    assert done.finished_at is not None and done.finished_at >= done.created_at
+    assert store.ledger_get("order:1:create") == done
+    again = store.ledger_begin("order:1:create", "verkaufsauftraege", "create_order", None)
+    assert (again.previous_status, again.attempts) == ("done", 3)
+
+    with pytest.raises(ValueError, match="status must be one of"):
+        store.ledger_finish("order:1:create", "pending")
+    with pytest.raises(KeyError):
+        store.ledger_finish("unknown", "done")
+    assert store.ledger_get("unknown") is None
+
+
+def test_ledger_entries_filter(store):
+    for index, (integration, status) in enumerate([("a", "done"), ("a", "failed"), ("b", "done"),
+                                                   ("b", "attention"), ("b", "skipped")]):
+        store.ledger_begin(f"k{index}", integration, "write", {"i": index})
+        store.ledger_finish(f"k{index}", status)
+    store.ledger_begin("k9", "a", "write", None)
+    assert {e.key for e in store.ledger_entries(integration="a")} == {"k0", "k1", "k9"}
+    assert {e.key for e in store.ledger_entries(status="done")} == {"k0", "k2"}
+    assert [e.key for e in store.ledger_entries(integration="b", status="attention")] == ["k3"]
+    assert store.ledger_entries(limit=1)[0].key == "k9", "most recent first"
+
+
+def test_quarantine(store):
+    first = store.quarantine_put("produkte", BIG_ID, "no SKU", {"id": int(BIG_ID)}, kind="product")
+    assert (first.occurrences, first.record_key, first.payload) == (1, BIG_ID, {"id": int(BIG_ID)})
+    time.sleep(0.01)
+    second = store.quarantine_put("produkte", BIG_ID, "SKU empty", {"id": 2}, kind="product")
+    assert (second.occurrences, second.reason, second.payload) == (2, "SKU empty", {"id": 2})
+    assert second.first_seen == first.first_seen and second.last_seen > first.last_seen
+    store.quarantine_put("lagerbestand", "S-1", "unknown SKU")
+    assert [q.record_key for q in store.quarantine_list("produkte")] == [BIG_ID]
+    assert len(store.quarantine_list()) == 2
+
+    assert store.quarantine_resolve("produkte", BIG_ID) is True
+    assert store.quarantine_resolve("produkte", BIG_ID) is False
+    assert store.quarantine_list("produkte") == []
+    resolved = store.quarantine_list("produkte", include_resolved=True)[0]
+    assert resolved.resolved_at is not None
+
+    reopened = store.quarantine_put("produkte", BIG_ID, "still no SKU", kind="product")
+    assert reopened.resolved_at is None and reopened.occurrences == 3
+
+
+def test_quarantine_sync_puts_current_and_resolves_the_rest(store):
+    counts = store.quarantine_sync("produkte", "product", {"1": ("no SKU", {"id": 1}), "2": ("dup", None)})
+    assert counts == {"open": 2, "new": 2, "resolved": 0}
+    counts = store.quarantine_sync("produkte", "product", {"2": ("dup", None), "3": ("no SKU", None)})
+    assert counts == {"open": 2, "new": 1, "resolved": 1}
+    store.quarantine_put("produkte", "9", "other kind", kind="bundle")
+    assert store.quarantine_sync("produkte", "product", {}) == {"open": 0, "new": 0, "resolved": 2}
+    assert [(q.kind, q.record_key) for q in store.quarantine_list("produkte")] == [("bundle", "9")]
+    assert {q.record_key: q.occurrences for q in store.quarantine_list(include_resolved=True)} == \
+        {"1": 1, "2": 2, "3": 1, "9": 1}
+
+
+def test_summary(store):
+    store.ledger_begin("a1", "orders", "create", None)
+    store.ledger_finish("a1", "done")
+    store.ledger_begin("a2", "orders", "create", None)
+    store.ledger_begin("b1", "stock", "update", None)
+    store.ledger_finish("b1", "failed")
+    store.quarantine_put("orders", "7", "bad address")
+    store.set_cursor("orders.since", "x")
+    store.set_cursor("stock.since", "y")
+    store.replace_snapshot("orders.billbee_orders", rows_for({"1": {}}))
+    store.put_mapping("order", "1", "2")
+
+    overall = store.summary()
+    assert overall["ledger"] == {"pending": 1, "done": 1, "failed": 1, "attention": 0, "skipped": 0}
+    assert overall["quarantine_open"] == 1 and overall["mappings"] == {"order": 1}
+    assert overall["last_write"].tzinfo is UTC
+    orders = store.summary("orders")
+    assert orders["ledger"] == {"pending": 1, "done": 1, "failed": 0, "attention": 0, "skipped": 0}
+    assert orders["cursors"] == {"orders.since": "x"}
+    assert orders["snapshots"] == {"orders.billbee_orders": 1}
+    assert store.summary("stock")["quarantine_open"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Concurrency
+
+
+WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from billbee_pulpo_pipeline.state import StateStore, snapshot_row
+
+    home, worker, writes, start_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    while not start_file.exists():  # start together, so the writes really overlap
+        time.sleep(0.005)
+    store = StateStore(home)
+    for i in range(writes):
+        kind = i % 4
+        if kind == 0:
+            store.ledger_begin(f"w{worker}-{i}", f"integration{worker}", "write", {"i": i})
+            store.ledger_finish(f"w{worker}-{i}", "done", {"i": i}, remote_id=str(i))
+        elif kind == 1:
+            store.set_cursor(f"integration{worker}.cursor", str(i))
+        elif kind == 2:
+            rows = [snapshot_row(f"{worker}-{j}", {"i": i, "j": j}) for j in range(i + 1)]
+            store.replace_snapshot(f"integration{worker}.snapshot", rows)
+        else:
+            store.put_mapping("product", f"{worker}{i:05d}", str(i))
+    print("ok")
+""")
+
+
+def test_concurrent_writers_in_separate_processes(tmp_path):
+    home, start = tmp_path / "home", tmp_path / "start"
+    workers, writes = 4, 100
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", WORKER, str(home), str(w), str(writes), str(start)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for w in range(workers)
+    ]
+    time.sleep(0.5)  # let every interpreter import before the start signal
+    start.touch()
+    results = [process.communicate(timeout=240) for process in processes]
+    for process, (out, err) in zip(processes, results, strict=True):
+        assert process.returncode == 0, err
+        assert out.strip() == "ok" and "Traceback" not in err
+
+    store = StateStore(home)
+    entries = store.ledger_entries(status="done")
+    assert len(entries) == workers * writes // 4
+    last = {0: writes - 4, 1: writes - 3, 2: writes - 2, 3: writes - 1}
+    for w in range(workers):
+        assert {e.key for e in entries if e.integration == f"integration{w}"} == \
+            {f"w{w}-{i}" for i in range(0, writes, 4)}
+        assert store.get_cursor(f"integration{w}.cursor") == str(last[1])
+        assert len(store.snapshot_keys(f"integration{w}.snapshot")) == last[2] + 1
+    assert len(store.mappings("product")) == workers * writes // 4
+    assert all(entry.attempts == 1 for entry in entries)
+
+
+def test_threads_share_one_store(store):
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            for i in range(25):
+                store.ledger_begin(f"t{thread}-{i}", "threads", "write", None)
+                store.set_cursor(f"threads.t{thread}", str(i))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.ledger_entries(integration="threads")) == 100
+    assert store.cursors("threads.") == {f"threads.t{t}": "24" for t in range(4)}
+
+
+def test_waits_for_a_foreign_duckdb_lock_then_succeeds(store):
+    store.set_cursor("a", "1")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time\nconn = duckdb.connect({str(store.path)!r})\n"
+         "print('held', flush=True)\ntime.sleep(1.5)\nconn.close()"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.perf_counter()
+        store.set_cursor("a", "2")  # DuckDB refuses while the other process holds the file: retried
+        waited = time.perf_counter() - started
+    finally:
+        holder.wait(timeout=30)
+    assert store.get_cursor("a") == "2"
+    assert waited > 0.5
+
+
+def test_busy_lock_beyond_the_timeout_is_a_clear_error(tmp_path):
+    store = StateStore(tmp_path, timeout=0.3)
+    store.set_cursor("a", "1")
+    with FileLock(str(store.path) + ".lock"), pytest.raises(StateStoreError, match="busy"):
+        store.get_cursor("a")
+    assert store.get_cursor("a") == "1"
