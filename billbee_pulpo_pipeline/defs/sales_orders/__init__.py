@@ -1,0 +1,1 @@
+"""Dagster definitions of the 'sales_orders' integration type."""

@@ -1,0 +1,1 @@
+"""Dagster definitions of the 'shipping_labels' integration type."""

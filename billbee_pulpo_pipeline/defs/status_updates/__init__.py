@@ -1,0 +1,1 @@
+"""Dagster definitions of the 'status_updates' integration type."""

@@ -1,0 +1,1 @@
+"""Pure mapping functions between Billbee and PULPO records (no I/O, no Dagster)."""

@@ -1,0 +1,28 @@
+"""The live sandbox world: the simulated shop and warehouse stepping on a clock (demo mode).
+
+Both simulators act through the systems' real endpoints, so the product sees exactly what a shop
+and a warehouse would produce. Tests step them directly instead of using this loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+log = logging.getLogger("billbee_pulpo_pipeline.sandbox.world")
+
+
+def run_world(billbee_url: str, pulpo_url: str, options: Any, stop: threading.Event) -> None:
+    """Step shop and warehouse every `options.tick_seconds` until `stop` is set; errors are logged."""
+    from billbee_pulpo_pipeline.sandboxes.billbee.shop import ShopSimulator
+    from billbee_pulpo_pipeline.sandboxes.pulpo.warehouse import WarehouseSimulator
+
+    shop = ShopSimulator(billbee_url, seed=options.seed)
+    warehouse = WarehouseSimulator(pulpo_url, seed=options.seed)
+    while not stop.wait(options.tick_seconds):
+        for name, actor in (("shop", shop), ("warehouse", warehouse)):
+            try:
+                actor.step()
+            except Exception as exc:  # the demo world must keep running whatever one step hit
+                log.warning("simulated %s step failed: %s", name, exc)
