@@ -106,7 +106,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     else:
         for s in summaries:
             calls = ", ".join(f"{k} {v}" for k, v in s.api_calls.items()) or "none"
-            warn = f", {s.quarantined} quarantined (see `billbee-pulpo status`)" if s.quarantined else ""
+            warn = f", {s.quarantined} quarantined (reasons on the asset page)" if s.quarantined else ""
             print(f"{s.status.upper():8} {s.name} ({s.type}): read {s.records_read}, written {s.written}, "
                   f"skipped {s.skipped}{warn}; API calls: {calls}")
             for error in s.errors:
