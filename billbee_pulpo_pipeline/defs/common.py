@@ -59,6 +59,14 @@ class Flow:
 
 
 
+def mapping_kind(kind: str, flow: Flow) -> str:
+    """State-store mapping kind for records linked between one Billbee account and one PULPO user,
+    e.g. `product:billbee_shop:pulpo_wms`. The pair is ordered Billbee first, whichever way a flow
+    runs, so the orders flow finds the products flow's mapping and the status flow the orders'."""
+    billbee, pulpo = (flow.source, flow.target) if flow.source.type == "billbee" else (flow.target, flow.source)
+    return f"{kind}:{billbee.slug}:{pulpo.slug}"
+
+
 def flow_for(integration: Integration, config: IntegrationConfig) -> Flow:
     return Flow(integration, config.credential(integration.source), config.credential(integration.target))
 

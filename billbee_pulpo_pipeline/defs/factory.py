@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 
 from billbee_pulpo_pipeline.config import IntegrationConfig
+from billbee_pulpo_pipeline.defs import sales_orders
 from billbee_pulpo_pipeline.defs.common import STATE_STORE_KEY, Flow, flow_for
 from billbee_pulpo_pipeline.defs.products import assets as products_assets
 from billbee_pulpo_pipeline.defs.resources import StateStoreResource, resource_for, resource_key
-from billbee_pulpo_pipeline.defs.sales_orders import assets as sales_orders_assets
 from billbee_pulpo_pipeline.defs.shipments import assets as shipments_assets
 from billbee_pulpo_pipeline.defs.shipping_labels import assets as shipping_labels_assets
 from billbee_pulpo_pipeline.defs.status_updates import assets as status_updates_assets
@@ -19,7 +19,7 @@ from billbee_pulpo_pipeline.defs.stock import assets as stock_assets
 
 FLOW_BUILDERS: dict[str, Callable[[Flow], dg.Definitions]] = {
     "products": products_assets.build,
-    "sales_orders": sales_orders_assets.build,
+    "sales_orders": sales_orders.build,
     "status_updates": status_updates_assets.build,
     "stock": stock_assets.build,
     "shipping_labels": shipping_labels_assets.build,

@@ -1,1 +1,17 @@
-"""Dagster definitions of the 'sales_orders' integration type."""
+"""Dagster definitions of the 'sales_orders' integration type (Billbee → PULPO)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from billbee_pulpo_pipeline.defs.common import Flow
+from billbee_pulpo_pipeline.defs.sales_orders.assets import billbee_orders_asset, partitions_for
+from billbee_pulpo_pipeline.defs.sales_orders.automation import orders_schedule
+
+
+def build(flow: Flow) -> dg.Definitions:
+    partitions = partitions_for(flow)
+    assets = [billbee_orders_asset(flow, partitions)]
+    job = dg.define_asset_job(f"{flow.slug}_job", selection=dg.AssetSelection.groups(flow.slug), tags=flow.tags,
+                              description=f"{flow.name}: Billbee orders → PULPO.")
+    return dg.Definitions(assets=assets, jobs=[job], schedules=[orders_schedule(flow, job)])

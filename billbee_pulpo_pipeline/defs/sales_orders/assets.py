@@ -19,8 +19,6 @@ from billbee_pulpo_pipeline.defs.common import (
     canonical_json,
     count_metadata,
     fingerprint,
-    interval_cron,
-    on_interval,
 )
 from billbee_pulpo_pipeline.mapping.orders import content_fields, order_fields
 
@@ -36,8 +34,7 @@ def default_start() -> datetime:
     return (today - timedelta(days=1)).replace(day=1)
 
 
-def build(flow: Flow) -> dg.Definitions:
-    partitions = partitions_for(flow)
+def billbee_orders_asset(flow: Flow, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=flow.key("billbee_orders"),
@@ -68,19 +65,4 @@ window, 250 per page, stored in DuckDB with a content hash per order.""",
             "window": dg.MetadataValue.text(f"({window.start.isoformat()}, {window.end.isoformat()}]"),
         })
 
-    job = dg.define_asset_job(f"{flow.slug}_job", selection=dg.AssetSelection.groups(flow.slug),
-                              tags=flow.tags, description=f"{flow.name}: Billbee orders to PULPO.")
-    minutes = flow.integration.interval_minutes
-
-    @dg.schedule(name=f"{flow.slug}_schedule", job=job, cron_schedule=interval_cron(minutes),
-                 execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
-                 description=f"{flow.name}: every {minutes} min, the hour the tick falls in.")
-    def orders_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        check = on_interval(minutes)
-        if check is not None and not check(context):
-            return dg.SkipReason(f"not a {minutes}-minute tick")
-        tick = context.scheduled_execution_time or datetime.now(UTC)
-        key = tick.astimezone(UTC).strftime("%Y-%m-%d-%H:00")
-        return dg.RunRequest(partition_key=key, tags=flow.tags)
-
-    return dg.Definitions(assets=[billbee_orders], jobs=[job], schedules=[orders_schedule])
+    return billbee_orders
