@@ -84,8 +84,10 @@ integrations:
     assert text  # the example stays the reference for the contract
     defs = build_definitions(load_config(config_file, env=FAKE_ENV), tmp_path)
     dg.Definitions.validate_loadable(defs)
-    keys = {spec.key for spec in defs.resolve_all_asset_specs()}
-    assert len(keys) == 5
+    specs = list(defs.resolve_all_asset_specs())
+    assert len({spec.key for spec in specs}) == len(specs)  # no two integrations share an asset key
+    assert {spec.group_name for spec in specs} == {"produkte_a", "produkte_b", "auftraege_a", "auftraege_b",
+                                                   "bestand_sued"}
     assert {"shop_a", "shop_b", "lager_nord", "lager_sued", "state_store"} <= set(defs.resources)
 
 

@@ -20,16 +20,18 @@ def materialize_group(group: str, home: Path, **kwargs) -> dg.ExecuteInProcessRe
                           resources=build_resources(config, home), **kwargs)
 
 
-def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, object]:
-    [event] = result.get_asset_materialization_events()
-    return {k: v.value for k, v in event.materialization.metadata.items()}
+def metadata_of(result: dg.ExecuteInProcessResult, asset: str | None = None) -> dict[str, object]:
+    events = [e for e in result.get_asset_materialization_events()
+              if asset is None or e.asset_key.path[-1] == asset]
+    assert len(events) == 1, [e.asset_key for e in result.get_asset_materialization_events()]
+    return {k: v.value for k, v in events[0].materialization.metadata.items()}
 
 
 def test_product_snapshot_then_noop_resync(bpp_env):
     home = Path(bpp_env["BPP_HOME"])
     first = materialize_group("produkte", home)
     assert first.success
-    meta = metadata_of(first)
+    meta = metadata_of(first, "billbee_products")
     without_sku = SANDBOX_PRODUCTS // NO_SKU_STRIDE
     assert meta["total"] >= SANDBOX_PRODUCTS
     assert meta["quarantined"] >= without_sku
@@ -40,7 +42,7 @@ def test_product_snapshot_then_noop_resync(bpp_env):
     assert len(stored) == meta["new"]
     assert all(len(k) == 17 for k in stored)  # 17-digit Billbee ids kept exactly
 
-    second = metadata_of(materialize_group("produkte", home))
+    second = metadata_of(materialize_group("produkte", home), "billbee_products")
     assert second["new"] == 0 and second["changed"] == 0 and second["removed"] == 0
     assert second["unchanged"] == meta["new"]
 

@@ -24,6 +24,8 @@ from billbee_pulpo_pipeline.clients.pulpo.models import (
     ShipmentTrackingPayload,
     ShippingMethod,
     StockSummary,
+    ThirdParty,
+    ThirdPartyPayload,
     User,
     Warehouse,
     date_filter,
@@ -38,6 +40,6 @@ __all__ = [
     "BulkItemOk", "BulkResult", "CachedToken", "Kit", "KitPayload", "PackingBox", "PackingOrder",
     "Product", "ProductPayload", "ProductUpdatePayload", "PulpoClient", "SalesItem", "SalesItemPayload",
     "SalesOrder", "SalesOrderPayload", "ShipmentTracking", "ShipmentTrackingPayload", "ShippingMethod",
-    "StockSummary", "TokenCache", "User", "Warehouse", "bulk_result", "date_filter",
+    "StockSummary", "ThirdParty", "ThirdPartyPayload", "TokenCache", "User", "Warehouse", "bulk_result", "date_filter",
     "format_pulpo_datetime", "parse_attributes", "parse_error_body", "parse_pulpo_datetime",
 ]

@@ -66,6 +66,8 @@ from billbee_pulpo_pipeline.clients.pulpo.models import (
     ShipmentTrackingPayload,
     ShippingMethod,
     StockSummary,
+    ThirdParty,
+    ThirdPartyPayload,
     User,
     Warehouse,
     date_filter,
@@ -365,6 +367,36 @@ class PulpoClient:
         """`POST /sales/orders/{id}/cancel`; ended orders answer 422 (`RequestRejectedError`)."""
         return self._one(SalesOrder, "POST", f"/sales/orders/{sales_order_id}/cancel", "sales_order")
 
+    def bulk_create_sales_orders(self, payloads: Iterable[Payload]) -> BulkResult:
+        """`POST /sales/bulk/orders`: PULPO creates what it can; the result says per `order_num`.
+
+        The spec's errors are an object keyed by order number (`ErrorSalesOrderResponse`:
+        `{"<order_num>": {"<field>": "msg"}}`, `#<index>` where an item has no usable number); they
+        are read as per-item errors, as are the list shapes `bulk_result` knows. Send unique order
+        numbers per call, so every outcome belongs to exactly one item. A row without
+        `warehouse_id` gets the client's warehouse."""
+        rows = []
+        for payload in payloads:
+            row = wire(payload, SalesOrderPayload)
+            if row.get("warehouse_id") is None and self.warehouse_id is not None:
+                row["warehouse_id"] = self.warehouse_id
+            rows.append(row)
+        if not rows:
+            return BulkResult()
+        path = "/sales/bulk/orders"
+        response = self._call("POST", path, json=rows)
+        body = json_or_none(response)
+        if not (response.ok or (response.status_code in (400, 422) and isinstance(body, dict)
+                                and ("created" in body or isinstance(body.get("errors"), dict)))):
+            self._raise_for_status(response, "POST", endpoint_template("POST", path))
+        if not isinstance(body, dict):
+            raise _api_error(ApiError, "POST", endpoint_template("POST", path),
+                             f"unexpected bulk reply: {body_excerpt(response)}", status=response.status_code)
+        errors = body.get("errors")
+        if isinstance(errors, dict) and not ({"errors", *GENERAL_ERROR_KEYS} & errors.keys()):
+            body = {**body, "errors": [_keyed_error(key, value) for key, value in errors.items()]}
+        return bulk_result(body, rows, ok_field="created", key_field="order_num")
+
     # ---- packing -------------------------------------------------------------------------------------
 
     def iter_packing_orders(self, state: str | None = None, updated_at_gte: datetime | None = None,
@@ -455,6 +487,25 @@ class PulpoClient:
             result.extend(self._iterate("/inventory/stocks/availability", "availability", Availability,
                                         {"id[]": chunk, "warehouse_id[]": warehouses}, expected=len(chunk)))
         return result
+
+    # ---- third parties (customers) ------------------------------------------------------------------
+
+    def iter_third_parties(self, **filters: Any) -> Iterator[ThirdParty]:
+        """`GET /iam/third_parties` with spec filters (erp_id=, third_type=, identifier_number=, ...)."""
+        return self._iterate("/iam/third_parties", "third_parties", ThirdParty, filters)
+
+    def find_third_party(self, erp_id: str, third_type: str = "C") -> ThirdParty | None:
+        """The third party with exactly this `erp_id` and type (the check before a create)."""
+        wanted = str(erp_id)
+        for party in self.iter_third_parties(erp_id=wanted, third_type=third_type):
+            if party.erp_id == wanted and (party.third_type or third_type) == third_type:
+                return party
+        return None
+
+    def create_third_party(self, payload: Payload) -> ThirdParty:
+        """`POST /iam/third_parties` (422 `RequestRejectedError` names the refused fields)."""
+        return self._one(ThirdParty, "POST", "/iam/third_parties", "third_party",
+                         json=wire(payload, ThirdPartyPayload))
 
     # ---- shipping ------------------------------------------------------------------------------------
 
@@ -685,6 +736,15 @@ def bulk_result(body: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], *, o
         reason, fields = explained.get(key, ("not confirmed by PULPO (no result for this item)", {}))
         result.failed.append(BulkItemFailure(key=key, reason=reason, field_errors=fields))
     return result
+
+
+def _keyed_error(key: str, value: Any) -> dict[str, Any]:
+    """One entry of an error object keyed by item (`{"4711": {"sku": "msg"}}`, `{"#3": ...}`) as a
+    list entry naming its item."""
+    reasons = value if isinstance(value, list) else [value]
+    if key.startswith("#") and key[1:].isdigit():
+        return {"index": int(key[1:]), "errors": reasons}
+    return {"order_num": key, "errors": reasons}
 
 
 def _flatten_ok(rows: Any) -> Iterator[dict[str, Any]]:

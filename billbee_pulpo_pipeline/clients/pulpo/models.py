@@ -235,6 +235,24 @@ class SalesOrder(WithAttributes):
     inserted_at: Timestamp = None
 
 
+class ThirdParty(WithAttributes):
+    """A customer (`third_type` C) or supplier (S); `erp_id` is the key an ERP finds it by."""
+
+    id: int | None = None
+    name: str | None = None
+    third_type: str | None = None
+    identifier_type: str | None = None
+    identifier_number: StrId = None
+    erp_id: StrId = None
+    erp_code: StrId = None
+    email: str | None = None
+    active: bool | None = None
+    tenant_id: int | None = None
+    merchant_id: int | None = None
+    updated_at: Timestamp = None
+    inserted_at: Timestamp = None
+
+
 class PackingItem(PulpoRecord):
     id: int | None = None
     product_id: int | None = None
@@ -415,6 +433,22 @@ class SalesOrderPayload(PulpoPayload):
     ship_to: AddressPayload | None = None
     items: list[SalesItemPayload] | None = None
     notes: str | None = None
+    attributes: JsonText = None
+
+
+class ThirdPartyPayload(PulpoPayload):
+    """Spec `ThirdParty`: identifier_type, identifier_number, name, third_type and tenant_id required."""
+
+    name: str | None = None
+    third_type: str | None = None
+    identifier_type: str | None = None
+    identifier_number: StrId = None
+    erp_id: StrId = None
+    erp_code: StrId = None
+    email: str | None = None
+    active: bool | None = None
+    tenant_id: int | None = None
+    merchant_id: int | None = None
     attributes: JsonText = None
 
 

@@ -6,12 +6,14 @@ import dagster as dg
 
 from billbee_pulpo_pipeline.defs.common import Flow
 from billbee_pulpo_pipeline.defs.sales_orders.assets import billbee_orders_asset, partitions_for
-from billbee_pulpo_pipeline.defs.sales_orders.automation import orders_schedule
+from billbee_pulpo_pipeline.defs.sales_orders.automation import gap_filler_sensor, orders_schedule
+from billbee_pulpo_pipeline.defs.sales_orders.writer import pulpo_sales_orders_asset
 
 
 def build(flow: Flow) -> dg.Definitions:
     partitions = partitions_for(flow)
-    assets = [billbee_orders_asset(flow, partitions)]
+    assets = [billbee_orders_asset(flow, partitions), pulpo_sales_orders_asset(flow)]
     job = dg.define_asset_job(f"{flow.slug}_job", selection=dg.AssetSelection.groups(flow.slug), tags=flow.tags,
                               description=f"{flow.name}: Billbee orders → PULPO.")
-    return dg.Definitions(assets=assets, jobs=[job], schedules=[orders_schedule(flow, job)])
+    return dg.Definitions(assets=assets, jobs=[job], schedules=[orders_schedule(flow, job, partitions)],
+                          sensors=[gap_filler_sensor(flow, job, partitions)])

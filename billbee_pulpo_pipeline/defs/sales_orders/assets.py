@@ -3,15 +3,20 @@
 Windows are hourly UTC partitions, so a missed window is visible in the UI and backfillable.
 Partition [start, end) is read as `modifiedAtMin=start` (exclusive) and `modifiedAtMax=end`
 (inclusive): the half-open windows (start, end] tile time with no gap and no overlap.
-`end_offset=1` makes the current, still open hour a partition too, which the schedule re-reads
-at every tick until the hour has passed.
+`end_offset=1` makes the current, still open hour a partition too; each schedule tick reads only what
+changed since the previous read of that window (a watermark per window, see windows.py).
 """
 
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
+import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
+from billbee_pulpo_pipeline.clients.billbee import MAX_PAGE_SIZE, Order, ResultPage, parse_billbee_datetime
 from billbee_pulpo_pipeline.defs.common import (
     STATE_STORE_KEY,
     CallMeter,
@@ -19,8 +24,24 @@ from billbee_pulpo_pipeline.defs.common import (
     canonical_json,
     count_metadata,
     fingerprint,
+    preview_table,
+)
+from billbee_pulpo_pipeline.defs.sales_orders.windows import (
+    OVERLAP,
+    WindowRead,
+    advanced_watermark,
+    format_watermark,
+    is_complete,
+    parse_watermark,
+    read_orders,
+    read_range,
+    utc_now,
 )
 from billbee_pulpo_pipeline.mapping.orders import content_fields, order_fields
+from billbee_pulpo_pipeline.state import StateStore
+
+ORDERS = "billbee_orders"
+CONSISTENCY_CHECK = "window_read_consistent"
 
 
 def partitions_for(flow: Flow) -> dg.HourlyPartitionsDefinition:
@@ -34,35 +55,143 @@ def default_start() -> datetime:
     return (today - timedelta(days=1)).replace(day=1)
 
 
+def read_until_cursor(flow: Flow, partition_key: str) -> str:
+    """State-store cursor holding a window's watermark (ISO-8601, UTC)."""
+    return f"{flow.slug}.orders_read_until.{partition_key}"
+
+
+class OrdersReadConfig(dg.Config):
+    """Launchpad options of `billbee_orders`; the defaults are what the schedule and sensor run."""
+
+    reread: bool = Field(False, description="Read the whole window again instead of only what changed since "
+                                            "its watermark (unchanged orders still cause no write downstream).")
+    page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE,
+                           description="Orders per Billbee page (250 = fewest calls; smaller only for tests).")
+
+
+def order_row(order: Order) -> tuple[str, str, str]:
+    """(BillBeeOrderId, content hash, full order JSON) for the snapshot; ids stay exact (no float)."""
+    fields = order_fields(order)
+    payload = canonical_json(order.model_dump(mode="json", by_alias=True))
+    return fields["billbee_order_id"], fingerprint(content_fields(fields)), payload
+
+
+def order_problem(order: Order) -> str | None:
+    """Why an order cannot go on to PULPO as read (None when it can): the blocking check's record test."""
+    if order.State is None:
+        return "no State"
+    for item in order.OrderItems or []:
+        if item.Quantity is None:
+            return f"order item {item.BillbeeId} has no Quantity"
+    return None
+
+
+def without_stale(store: StateStore, dataset: str, orders: Iterable[Order]) -> tuple[list[Order], int]:
+    """Drop orders older than the version already stored: a run of an old window that finishes after a
+    run of a newer one must not put an order back to its earlier state."""
+    orders = list(orders)
+    stored = store.snapshot_rows(dataset, [str(o.BillBeeOrderId) for o in orders])
+    fresh = []
+    for order in orders:
+        payload = stored.get(str(order.BillBeeOrderId))
+        stored_at = _last_modified(payload) if payload else None
+        if stored_at is not None and order.LastModifiedAt is not None and order.LastModifiedAt < stored_at:
+            continue
+        fresh.append(order)
+    return fresh, len(orders) - len(fresh)
+
+
+def _last_modified(payload: str) -> datetime | None:
+    value = json.loads(payload).get("LastModifiedAt")
+    return parse_billbee_datetime(value) if value else None
+
+
 def billbee_orders_asset(flow: Flow, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    key = flow.key(ORDERS)
+    dataset = flow.dataset(ORDERS)
 
     @dg.asset(
-        key=flow.key("billbee_orders"),
+        key=key,
         group_name=flow.slug,
         kinds={"billbee", "duckdb"},
         partitions_def=partitions,
         required_resource_keys={flow.source_key, STATE_STORE_KEY},
         tags=flow.tags,
+        check_specs=[dg.AssetCheckSpec(
+            CONSISTENCY_CHECK, asset=key, blocking=True,
+            description="The window was read from a consistent page set (unique ids = TotalRows of the final "
+                        "pass) and every order read has a state and order items that parse. Blocking: a bad "
+                        "read never reaches PULPO.")],
         description=f"""Billbee orders of account '{flow.source.name}' changed in one UTC hour ({flow.name}).
 
-`GET /orders` with `modifiedAtMin` (exclusive) and `modifiedAtMax` (inclusive) over the partition's
-window, 250 per page, stored in DuckDB with a content hash per order.""",
+`GET /orders` with `modifiedAtMin` (exclusive) .. `modifiedAtMax` (inclusive), 250 per page. Each run
+reads only what changed since the window's watermark (minus a {int(OVERLAP.total_seconds() // 60)}-minute
+overlap), never past the moment the read starts; orders that change while the window is paged make it
+read again. The latest version of every order is upserted into DuckDB dataset `{dataset}` with a
+content hash; unchanged orders are not stored as changes and cause no PULPO write.
+
+Re-running a window is always safe: once complete (`complete` = true in the metadata) a run makes no
+Billbee call; launchpad config `reread: true` reads the whole window again and stores only real
+changes. Windows missed during downtime are re-run by the `{flow.slug}_gap_filler` sensor; for longer
+outages use "Materialize missing" on this asset: windows never read show as missing, a window read only
+partly shows `complete: false` in its metadata (materialize its partition again).""",
     )
-    def billbee_orders(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def billbee_orders(context: dg.AssetExecutionContext, config: OrdersReadConfig) -> dg.MaterializeResult:
         client = getattr(context.resources, flow.source_key).client()
         store = context.resources.state_store.store()
         meter = CallMeter(billbee=client.stats)
         window = context.partition_time_window
-        rows = {}
-        for order in client.iter_orders(modified_at_min=window.start, modified_at_max=window.end, page_size=250):
-            fields = order_fields(order)
-            rows[fields["billbee_order_id"]] = (fingerprint(content_fields(fields)), canonical_json(fields))
-        diff = store.replace_snapshot(flow.dataset(f"billbee_orders.{context.partition_key}"),
-                                      [(k, h, p) for k, (h, p) in rows.items()])
-        return dg.MaterializeResult(metadata={
-            **count_metadata(records_read=len(rows), new=diff.new, changed=diff.changed, removed=diff.removed),
-            **meter.metadata(),
-            "window": dg.MetadataValue.text(f"({window.start.isoformat()}, {window.end.isoformat()}]"),
-        })
+        cursor = read_until_cursor(flow, context.partition_key)
+        previous = parse_watermark(store.get_cursor(cursor))
+        started = utc_now()
+        wanted = read_range(window.start, window.end, previous, started, reread=config.reread)
+        prepared: dict[tuple[int, datetime | None], tuple[str, str, str]] = {}
+
+        def prepare(page: ResultPage[Order]) -> None:  # hashing while the pacer waits for the next page
+            prepared.update(((o.BillBeeOrderId, o.LastModifiedAt), order_row(o)) for o in page.items)
+
+        result = WindowRead.nothing() if wanted is None else read_orders(
+            client, wanted, page_size=config.page_size, on_shift=context.log.warning, on_page=prepare)
+
+        problems = [{"billbee_order_id": str(o.BillBeeOrderId), "problem": p}
+                    for o in result.orders if (p := order_problem(o)) is not None]
+        bad = {p["billbee_order_id"] for p in problems}
+        fresh, stale = without_stale(store, dataset, [o for o in result.orders if str(o.BillBeeOrderId) not in bad])
+        rows = [prepared.get((o.BillBeeOrderId, o.LastModifiedAt)) or order_row(o) for o in fresh]
+        diff = store.upsert_snapshot(dataset, rows)
+        # Orders that cannot go on are not stored and keep the watermark back: the check fails (blocking
+        # the PULPO write) and the next run reads them again, until Billbee answers them whole.
+        read_until = previous if problems else advanced_watermark(window.start, window.end, previous, started)
+        if read_until is not None and read_until != previous:
+            store.set_cursor(cursor, format_watermark(read_until))
+        complete = is_complete(read_until, window.end)
+        context.log.info(f"{flow.name} {context.partition_key}: read {len(result.orders)} orders in "
+                         f"{wanted or 'nothing (window complete)'}, {diff.new} new, {diff.changed} changed")
+        return dg.MaterializeResult(
+            metadata={
+                **count_metadata(records_read=len(result.orders), new=diff.new, changed=diff.changed,
+                                 unchanged=diff.unchanged, stale_skipped=stale, pages=result.pages,
+                                 rereads=max(result.rereads, 0), problems=len(problems)),
+                **meter.metadata(),
+                "window": dg.MetadataValue.text(f"({window.start.isoformat()}, {window.end.isoformat()}]"),
+                "read_range": dg.MetadataValue.text(str(wanted) if wanted else "none"),
+                "read_until": dg.MetadataValue.text(format_watermark(read_until) if read_until else ""),
+                "complete": dg.MetadataValue.bool(complete),
+            },
+            check_results=[consistency_result(result, problems)],
+        )
 
     return billbee_orders
+
+
+def consistency_result(result: WindowRead, problems: list[dict[str, Any]]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=CONSISTENCY_CHECK,
+        passed=result.consistent and not problems,
+        metadata={
+            "unique_orders": dg.MetadataValue.int(len(result.orders)),
+            "total_rows": dg.MetadataValue.int(result.total_rows if result.total_rows is not None else -1),
+            "passes": dg.MetadataValue.int(result.passes),
+            "problems": preview_table(problems),
+        },
+    )

@@ -45,6 +45,10 @@ as follows (each choice is what a client must cope with anyway):
   an http(s) `path` is returned as the attachment URL, anything else as
   `<base>/api/v1/attachment/{id}`. `POST /packing/boxes/attachments` takes `[box ids]` (or
   `{"ids"|"packing_box_ids": [...]}`) and returns `[{packing_box_id, attachments: [{type, url, …}]}]`.
+- Third parties (customers/suppliers): `GET|POST /iam/third_parties`, `GET /iam/third_parties/{id}`
+  with the spec's required fields (identifier_type, identifier_number, name, third_type C|S,
+  tenant_id = the user's tenant) and filters; an identifier number is unique per type. A sales
+  order's `third_party_id` must name one ("does not exist" otherwise), as a foreign key would.
 - The spec's picking and shipping endpoints drive the order flow (see `data.py`); the simulated
   warehouse uses exactly those, so no control route creates warehouse tasks.
 
@@ -409,6 +413,20 @@ class PulpoSandbox(SandboxApp):
             return ok(w.user(request.state.username))
 
         route("GET", "/iam/users/me", me)
+
+        async def third_parties(request: Request) -> Response:
+            rows, total = w.list_third_parties(query_of(request))
+            return listing("third_parties", rows, total)
+
+        async def create_third_party(request: Request) -> Response:
+            return ok(w.create_third_party(await read_body(request)), 201)
+
+        async def third_party(request: Request) -> Response:
+            return ok(w.third_party(pid(request)))
+
+        route("GET", "/iam/third_parties", third_parties)
+        route("POST", "/iam/third_parties", create_third_party)
+        route("GET", "/iam/third_parties/{id:int}", third_party)
         self._register_reference_routes(route, pid)
         self._register_product_routes(route, pid)
         self._register_stock_routes(route)

@@ -368,6 +368,27 @@ ORDER_FILTERS = {
     "external_order_num": ("external_order_num", "str"),
     "product_id": (lambda r: [i["product_id"] for i in r["items"]], "int"),
 }
+THIRD_PARTY_TYPES = {
+    **dict.fromkeys(
+        ["attributes", "email", "erp_code", "erp_id", "identifier_number", "identifier_type", "name",
+         "third_type"],
+        "str",
+    ),
+    **dict.fromkeys(["merchant_channel_id", "merchant_id", "tenant_id"], "int"),
+    "active": "bool",
+}
+THIRD_PARTY_FILTERS = {
+    "id": ("id", "int"),
+    "identifier_type": ("identifier_type", "str"),
+    "identifier_number": ("identifier_number", "str"),
+    "name": ("name", "str"),
+    "third_type": ("third_type", "str"),
+    "active": ("active", "bool"),
+    "attributes": ("attributes", "str"),
+    "erp_code": ("erp_code", "str"),
+    "erp_id": ("erp_id", "str"),
+    "merchant_id": ("merchant_id", "int"),
+}
 PICKING_FILTERS = {
     "id": ("id", "int"),
     "state": ("state", "str"),
@@ -459,6 +480,7 @@ class World:
         self.shipping: dict[int, Record] = {}
         self.corrections: dict[int, Record] = {}
         self.shuffle_round = 0
+        self.third_parties: dict[int, Record] = {}
         self._ids = {
             name: itertools.count(start)
             for name, start in (
@@ -478,6 +500,7 @@ class World:
                 ("correction", 8_000_001),
                 ("correction_item", 8_100_001),
                 ("instruction", 9_000_001),
+                ("third_party", 10_001),
             )
         }
         self._seed_products(products, stock)
@@ -809,6 +832,46 @@ class World:
             kit["updated_at"] = now_stamp()
         return copy.deepcopy(kit)
 
+    # ---- third parties (customers and suppliers) ---------------------------------------------------
+
+    def create_third_party(self, body: Any) -> Record:
+        """Spec `ThirdParty`: identifier_type, identifier_number, name, third_type (C or S) and
+        tenant_id are required; an identifier number is unique per type (`ErrorThirdPartyResponse`
+        keys bulk errors by it)."""
+        if not isinstance(body, dict):
+            raise invalid(("third_party", "is invalid"))
+        errors = type_errors(body, THIRD_PARTY_TYPES)
+        bad = {k for k, _ in errors}
+        for key in ("identifier_type", "identifier_number", "name", "third_type", "tenant_id"):
+            if blank(body.get(key)) and key not in bad:
+                errors.append((key, "can't be blank"))
+        if "third_type" not in bad and body.get("third_type") not in (None, "", "C", "S"):
+            errors.append(("third_type", "is invalid"))
+        if "tenant_id" not in bad and body.get("tenant_id") not in (None, TENANT_ID):
+            errors.append(("tenant_id", "does not exist"))
+        number, kind = body.get("identifier_number"), body.get("third_type")
+        if any(p["identifier_number"] == number and p["third_type"] == kind for p in self.third_parties.values()):
+            errors.append(("identifier_number", "has already been taken"))
+        if errors:
+            raise invalid(*errors)
+        stamp, tid = now_stamp(), self._next("third_party")
+        party: Record = dict.fromkeys(THIRD_PARTY_TYPES)
+        party.update({k: body.get(k) for k in THIRD_PARTY_TYPES if k in body})
+        party.update({"id": tid, "active": body.get("active", True), "merchant_id": body.get("merchant_id", 1),
+                      "deleted_at": None, "deleted_by": None, "inserted_at": stamp, "updated_at": stamp})
+        self.third_parties[tid] = party
+        return copy.deepcopy(party)
+
+    def third_party(self, tid: int) -> Record:
+        if tid not in self.third_parties:
+            raise not_found("third party")
+        return copy.deepcopy(self.third_parties[tid])
+
+    def list_third_parties(self, query: Query) -> tuple[list[Record], int]:
+        limit, offset = paging(query)
+        rows = select(self.third_parties.values(), query, THIRD_PARTY_FILTERS)
+        return [copy.deepcopy(r) for r in window(rows, limit, offset)], len(rows)
+
     # ---- sales orders ------------------------------------------------------------------------------
 
     def _order_errors(self, body: Any, *, existing: Record | None) -> list[tuple[str, str]]:
@@ -829,6 +892,9 @@ class World:
         wh = body.get("warehouse_id")
         if "warehouse_id" not in bad and wh is not None and wh not in self.stock:
             errors.append(("warehouse_id", "does not exist"))
+        party = body.get("third_party_id")
+        if "third_party_id" not in bad and party is not None and party not in self.third_parties:
+            errors.append(("third_party_id", "does not exist"))
         method = body.get("shipping_method_id")
         if (
             "shipping_method_id" not in bad
@@ -2060,5 +2126,6 @@ class World:
             "packing_boxes": len(self.boxes),
             "shipment_trackings": len(self.trackings),
             "attachments": len(self.attachments),
+            "third_parties": len(self.third_parties),
             "stocked_products": {wh: len(s.last_movement) for wh, s in self.stock.items()},
         }

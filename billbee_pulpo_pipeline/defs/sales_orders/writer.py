@@ -1,0 +1,835 @@
+"""Sales orders (Billbee → PULPO): the writer that converges PULPO to Billbee's orders, exactly once.
+
+Which orders: every order in dataset `<slug>.billbee_orders` whose hash differs from the one in
+`<slug>.pulpo_orders_processed` (one SQL join, never a loop over everything). An order is recorded
+as processed only when it needs nothing more until Billbee changes it. Quarantined orders (waiting
+for a product, rejected by PULPO, unusable lines) and orders a transient error stopped stay pending,
+so every run re-evaluates them without anyone's help; their PULPO write is not repeated while the
+payload PULPO refused is unchanged (the ledger remembers it), so a rerun sends no needless write.
+
+What per order (settings `import_states`, `cancel_states`):
+- import state, not in PULPO → create (`POST /sales/bulk/orders` in batches of unique order numbers,
+  per-item outcomes; a single order goes to `POST /sales/orders`);
+- import state, in PULPO, PULPO payload changed → update while PULPO's order is `queue`, else the
+  ledger says 'attention' ("not updatable: PULPO order is in state X");
+- cancel state, in PULPO → `POST /sales/orders/{id}/cancel`; 422 (ended) → 'attention' with PULPO's
+  message, the run goes on;
+- anything else → skipped (counted).
+
+Exactly once: every write is framed by the ledger (`order:create:<id>`, `order:cancel:<id>`,
+`order:update:<id>:<payload hash>`). A create whose ledger entry is still 'pending' (the process died
+between PULPO's answer and the record) is looked up by `order_num` first and adopted when its
+`external_order_num` is ours; a number taken by a different Billbee order goes to quarantine. PULPO
+keeps `order_num` unique, so even two runs racing cannot create an order twice.
+
+Test hook: with env `BPP_TEST_CRASH_AFTER=create|cancel|update` the process exits (code 137, like
+SIGKILL) right after that PULPO write and before its ledger record. Only the crash tests set it.
+"""
+
+# No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from billbee_pulpo_pipeline.clients.billbee.states import ORDER_STATES
+from billbee_pulpo_pipeline.clients.http import NotFoundError, RequestRejectedError, TransientApiError
+from billbee_pulpo_pipeline.clients.pulpo import PulpoClient, SalesOrder
+from billbee_pulpo_pipeline.config.models import SalesOrdersSettings
+from billbee_pulpo_pipeline.defs.common import (
+    STATE_STORE_KEY,
+    CallMeter,
+    Flow,
+    canonical_json,
+    count_metadata,
+    fingerprint,
+    mapping_kind,
+    preview_table,
+)
+from billbee_pulpo_pipeline.mapping import orders as om
+from billbee_pulpo_pipeline.state import StateStore
+
+ORDERS = "billbee_orders"
+PROCESSED = "pulpo_orders_processed"
+WRITER = "pulpo_sales_orders"
+CHECK = "importable_orders_accounted_for"
+QUARANTINE_KIND = "order"
+CHUNK = 10_000      # orders taken from the store at a time (bounded memory at any backlog)
+BULK_SIZE = 100     # sales orders per POST /sales/bulk/orders
+CRASH_ENV = "BPP_TEST_CRASH_AFTER"
+WAITING = "waiting for product"
+
+
+class WriteConfig(dg.Config):
+    """Launchpad options of a PULPO write asset."""
+
+    dry_run: bool = Field(False, description="Compute and show what would be written (metadata `plan`); "
+                                             "write nothing to PULPO, the ledger or the mappings.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Batched state-store access
+
+
+class OrderState:
+    """The writer's batched reads and writes on the state store.
+
+    The store's public ledger and quarantine methods take one record per transaction (tens of ms
+    each); 10,000 orders need set-based statements. These run in the store's own locked
+    transaction with the same semantics as `ledger_begin`/`ledger_finish`/`quarantine_put`.
+    Candidates for `StateStore` itself."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def _frame(self, conn: Any, name: str, **columns: Sequence[Any]) -> None:
+        conn.register(name, pd.DataFrame({k: list(v) for k, v in columns.items()}, dtype=object))
+
+    def pending(self, orders: str, processed: str) -> list[tuple[str, str]]:
+        """(key, hash) of the orders whose latest hash was not processed yet."""
+        with self.store._connect() as conn:
+            return conn.execute("""
+                SELECT o.key, o.hash FROM snapshot_rows o
+                LEFT JOIN (SELECT key, hash FROM snapshot_rows WHERE dataset = $processed) p ON p.key = o.key
+                WHERE o.dataset = $orders AND (p.key IS NULL OR p.hash <> o.hash)
+                ORDER BY o.key
+            """, {"orders": orders, "processed": processed}).fetchall()
+
+    def mappings(self, kind: str, keys: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """billbee_id -> (pulpo_id, extra) for the given keys."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        with self.store._connect() as conn:
+            self._frame(conn, "wanted", key=keys)
+            rows = conn.execute("""SELECT billbee_id, pulpo_id, extra FROM id_mappings
+                                   WHERE kind = ? AND billbee_id IN (SELECT CAST(key AS VARCHAR) FROM wanted)""",
+                                [kind]).fetchall()
+        return {b: (p, json.loads(e) if e else {}) for b, p, e in rows}
+
+    def products_by_sku(self, kind: str, skus: Iterable[str]) -> dict[str, int]:
+        """SKU -> PULPO product id from the product mapping (its extra holds the SKU)."""
+        skus = sorted(set(skus))
+        if not skus:
+            return {}
+        with self.store._connect() as conn:
+            self._frame(conn, "wanted", sku=skus)
+            rows = conn.execute("""
+                SELECT json_extract_string(extra, '$.sku') AS sku, max(pulpo_id) FROM id_mappings
+                WHERE kind = ? AND json_extract_string(extra, '$.sku') IN (SELECT CAST(sku AS VARCHAR) FROM wanted)
+                GROUP BY 1""", [kind]).fetchall()
+        return {sku: int(pid) for sku, pid in rows if str(pid).isdigit()}
+
+    def ledger_state(self, keys: Iterable[str]) -> dict[str, tuple[str, dict[str, Any], str | None, str | None]]:
+        """key -> (status, request, remote_id, message) of existing ledger entries."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        with self.store._connect() as conn:
+            self._frame(conn, "wanted", key=keys)
+            rows = conn.execute("""SELECT key, status, request, remote_id, message FROM ledger
+                                   WHERE key IN (SELECT CAST(key AS VARCHAR) FROM wanted)""").fetchall()
+        return {k: (s, json.loads(r) if r else {}, rid, m) for k, s, r, rid, m in rows}
+
+    def ledger_begin(self, integration: str, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """`ledger_begin` for many (key, action, request): status 'pending', attempts + 1."""
+        if not items:
+            return
+        with self.store._connect() as conn:
+            self._frame(conn, "begun", key=[i[0] for i in items], action=[i[1] for i in items],
+                        request=[canonical_json(i[2]) for i in items])
+            conn.execute("""
+                INSERT INTO ledger (key, integration, action, status, attempts, request, created_at, updated_at)
+                SELECT CAST(key AS VARCHAR), $integration, CAST(action AS VARCHAR), 'pending', 1,
+                       CAST(request AS VARCHAR), now()::TIMESTAMP, now()::TIMESTAMP FROM begun
+                ON CONFLICT (key) DO UPDATE SET status = 'pending', attempts = attempts + 1,
+                    integration = excluded.integration, action = excluded.action, request = excluded.request,
+                    updated_at = excluded.updated_at, finished_at = NULL
+            """, {"integration": integration})
+
+    def ledger_finish(self, items: Sequence[tuple[str, str, dict[str, Any] | None, str | None, str | None]]) -> None:
+        """`ledger_finish` for many (key, status, outcome, remote_id, message)."""
+        if not items:
+            return
+        with self.store._connect() as conn:
+            self._frame(conn, "finished", key=[i[0] for i in items], status=[i[1] for i in items],
+                        outcome=[canonical_json(i[2]) if i[2] is not None else None for i in items],
+                        remote_id=[i[3] for i in items], message=[i[4] for i in items])
+            conn.execute("""
+                UPDATE ledger SET status = CAST(f.status AS VARCHAR), outcome = CAST(f.outcome AS VARCHAR),
+                    remote_id = coalesce(CAST(f.remote_id AS VARCHAR), ledger.remote_id),
+                    message = CAST(f.message AS VARCHAR), updated_at = now()::TIMESTAMP,
+                    finished_at = now()::TIMESTAMP
+                FROM finished f WHERE ledger.key = CAST(f.key AS VARCHAR)
+            """)
+
+    def quarantine_put(self, integration: str, records: Mapping[str, tuple[str, Any]]) -> None:
+        if records:
+            self.store._quarantine_upsert(integration, QUARANTINE_KIND, dict(records))
+
+    def quarantine_resolve(self, integration: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        with self.store._connect() as conn:
+            self._frame(conn, "solved", key=keys)
+            conn.execute("""UPDATE quarantine SET resolved_at = now()::TIMESTAMP
+                            WHERE integration = ? AND kind = ? AND resolved_at IS NULL
+                              AND record_key IN (SELECT CAST(key AS VARCHAR) FROM solved)""",
+                         [integration, QUARANTINE_KIND])
+
+    def unaccounted(self, integration: str, order_kind: str, processed: str, keys: Sequence[str]) -> list[str]:
+        """Of `keys` (importable orders), those neither in PULPO (order mapping) nor in open quarantine
+        nor processed as skipped with a reason."""
+        if not keys:
+            return []
+        with self.store._connect() as conn:
+            self._frame(conn, "importable", key=keys)
+            rows = conn.execute("""
+                SELECT CAST(i.key AS VARCHAR) AS k FROM importable i
+                WHERE NOT EXISTS (SELECT 1 FROM id_mappings m WHERE m.kind = $kind
+                                    AND m.billbee_id = CAST(i.key AS VARCHAR))
+                  AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.integration = $integration
+                                    AND q.kind = $qkind AND q.record_key = CAST(i.key AS VARCHAR)
+                                    AND q.resolved_at IS NULL)
+                  AND NOT EXISTS (SELECT 1 FROM snapshot_rows p WHERE p.dataset = $processed
+                                    AND p.key = CAST(i.key AS VARCHAR)
+                                    AND json_extract_string(p.payload, '$.result') = 'skipped'
+                                    AND json_extract_string(p.payload, '$.reason') IS NOT NULL)
+                ORDER BY k
+            """, {"kind": order_kind, "integration": integration, "qkind": QUARANTINE_KIND,
+                  "processed": processed}).fetchall()
+        return [k for (k,) in rows]
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan of one order and the run's report
+
+
+@dataclass
+class Job:
+    """One changed order on its way through the run."""
+
+    key: str
+    hash: str
+    fields: dict[str, Any]
+    action: str = ""                  # create | update | cancel | "" (settled without a write)
+    pulpo_id: str | None = None
+    mapped_extra: dict[str, Any] = field(default_factory=dict)
+    lines: list[om.Line] = field(default_factory=list)
+    payload: dict[str, Any] | None = None
+    payload_hash: str = ""            # fingerprint of `payload`: what PULPO has when the mapping says so
+    order_num: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.order_num = om.order_num(self.fields)
+
+    def set_payload(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.payload_hash = fingerprint(payload)
+
+    @property
+    def ledger_key(self) -> str:
+        if self.action == "update":
+            return f"order:update:{self.key}:{self.payload_hash[:16]}"
+        return f"order:{self.action}:{self.key}"
+
+
+@dataclass
+class Report:
+    read: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("created", "adopted", "cancelled", "updated", "unchanged", "attention", "skipped", "quarantined",
+         "failed"), 0))
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+    attention: list[dict[str, str]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    plan: list[dict[str, str]] = field(default_factory=list)
+    importable: list[str] = field(default_factory=list)
+
+    def metadata(self, dry_run: bool) -> dict[str, dg.MetadataValue]:
+        c = self.counts
+        written = c["created"] + c["cancelled"] + c["updated"]
+        meta = {
+            **count_metadata(records_read=self.read, records_written=written,
+                             records_skipped=c["skipped"] + c["unchanged"], **c),
+            "dry_run": dg.MetadataValue.bool(dry_run),
+            "quarantine_preview": preview_table(self.quarantine),
+            "attention_preview": preview_table(self.attention),
+        }
+        if self.failures:
+            meta["failure_preview"] = preview_table(self.failures)
+        if dry_run:
+            meta["plan"] = preview_table(self.plan, limit=50)
+        return meta
+
+
+class Halt(Exception):
+    """PULPO is unreachable or refuses us: stop writing, keep what is done, fail the run at the end."""
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def crash_point(action: str) -> None:
+    """Test-only: die like SIGKILL after a PULPO write, before its ledger record (see module doc)."""
+    if os.environ.get(CRASH_ENV) == action:
+        os._exit(137)
+
+
+# --------------------------------------------------------------------------------------------------
+# The writer
+
+
+class OrderWriter:
+    """Converges PULPO to the pending Billbee orders of one integration (plain code, no Dagster)."""
+
+    def __init__(self, flow: Flow, client: PulpoClient, store: StateStore, *, dry_run: bool = False,
+                 log: logging.Logger | Any = None) -> None:
+        self.flow = flow
+        self.settings: SalesOrdersSettings = flow.integration.settings  # type: ignore[assignment]
+        self.client = client
+        self.store = store
+        self.state = OrderState(store)
+        self.dry_run = dry_run
+        self.log = log or logging.getLogger(__name__)
+        self.report = Report()
+        self.integration = flow.slug
+        self.order_kind = mapping_kind("order", flow)
+        self.product_kind = mapping_kind("product", flow)
+        self.customer_kind = mapping_kind("customer", flow)
+        self.import_ids = set(self.settings.import_state_ids)
+        self.cancel_ids = set(self.settings.cancel_state_ids)
+        self.warehouse_id = int(flow.target.warehouse_id)  # type: ignore[attr-defined]
+        self._sku_cache: dict[str, int | None] = {}   # PULPO lookups of this run (None: not found)
+        self._customers: dict[str, int | None] = {}
+        self._tenant_id: int | None = None
+        self._halted: str | None = None
+        self._reset_buffers()
+
+    def _reset_buffers(self) -> None:
+        self.order_maps: list[tuple[str, str, dict[str, Any]]] = []
+        self.product_maps: list[tuple[str, str, dict[str, Any]]] = []
+        self.customer_maps: list[tuple[str, str, dict[str, Any]]] = []
+        self.processed: list[tuple[str, str, str]] = []
+        self.quarantined: dict[str, tuple[str, Any]] = {}
+        self.settled: list[str] = []
+
+    # ---- run ----------------------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        pending = self.state.pending(self.flow.dataset(ORDERS), self.flow.dataset(PROCESSED))
+        self.report.read = len(pending)
+        self.open_quarantine = {e.record_key for e in self.store.quarantine_list(self.integration,
+                                                                                 kind=QUARANTINE_KIND)}
+        for chunk in chunks(pending, CHUNK):
+            if self._halted:
+                self.report.counts["failed"] += len(chunk)
+                continue
+            try:
+                self._process(chunk)
+            except Halt as exc:
+                self._halted = str(exc)
+                done = set(self.settled) | set(self.quarantined)
+                failed = [k for k, _ in chunk if k not in done]
+                self.report.counts["failed"] += len(failed)
+                self.report.failures += [{"billbee_order_id": k, "reason": str(exc)} for k in failed]
+            finally:
+                self._flush()
+        return self.report
+
+    @property
+    def halted(self) -> str | None:
+        return self._halted
+
+    def _process(self, chunk: Sequence[tuple[str, str]]) -> None:
+        payloads = self.store.snapshot_rows(self.flow.dataset(ORDERS), [k for k, _ in chunk])
+        jobs = [Job(key, h, om.fields_from_payload(payloads[key])) for key, h in chunk if key in payloads]
+        mapped = self.state.mappings(self.order_kind, [j.key for j in jobs])
+        ledger = self.state.ledger_state([f"order:{a}:{j.key}" for j in jobs for a in ("create", "cancel")])
+        jobs = [j for j in jobs if self._classify(j, mapped.get(j.key), ledger)]
+        self._prepare_payloads([j for j in jobs if j.action in ("create", "update")])
+        jobs = [j for j in jobs if j.action]
+        if self.dry_run:
+            for job in jobs:
+                self._plan(job, f"would {job.action}", "if PULPO still has it in queue" if job.action == "update"
+                           else "")
+            return
+        ledger.update(self.state.ledger_state([j.ledger_key for j in jobs if j.action == "update"]))
+        self._creates([j for j in jobs if j.action == "create"], ledger)
+        for job in jobs:
+            if job.action == "cancel":
+                self._cancel(job, ledger)
+            elif job.action == "update":
+                self._update(job, ledger)
+
+    # ---- what to do with an order -------------------------------------------------------------------
+
+    def _classify(self, job: Job, mapped: tuple[str, dict[str, Any]] | None, ledger: Mapping[str, Any]) -> bool:
+        """Set `job.action`, or settle the order here; False when settled."""
+        state = job.fields.get("state")
+        if mapped is not None:
+            job.pulpo_id, job.mapped_extra = mapped
+        pulpo_state = job.mapped_extra.get("state")
+        if state in self.import_ids:
+            self.report.importable.append(job.key)
+            if mapped is None:
+                job.action = "create"
+            elif pulpo_state == "cancelled":
+                return self._attention(job, f"PULPO order {job.pulpo_id} is cancelled, but the Billbee order is "
+                                            f"'{_state_name(state)}' again: create it in PULPO by hand if it "
+                                            "must ship", ledger_key=None)
+            else:
+                job.action = "update"
+            return True
+        if state in self.cancel_ids:
+            if mapped is None:
+                if ledger.get(f"order:create:{job.key}", ("",))[0] != "pending":
+                    return self._skip(job, "not in PULPO")
+                job.action = "cancel"  # a crashed create may have left it in PULPO: _cancel looks
+                return True
+            if pulpo_state == "cancelled":
+                return self._skip(job, "already cancelled in PULPO")
+            job.action = "cancel"
+            return True
+        return self._skip(job, f"state '{_state_name(state)}' is neither an import nor a cancel state")
+
+    def _prepare_payloads(self, jobs: list[Job]) -> None:
+        """Lines, products, customers and the PULPO payload; orders that cannot go are settled here."""
+        ready = []
+        for job in jobs:
+            selection = om.select_lines(job.fields, self.settings.skip_coupon_lines)
+            problem = selection.problem or om.address_problem(job.fields)
+            if problem:
+                self._quarantine(job, problem)
+            elif not selection.lines:
+                self._skip(job, "no physical lines (only vouchers, downloads or services)")
+            else:
+                job.lines = selection.lines
+                ready.append(job)
+        products = self._products({line.sku: line.billbee_product_id for j in ready for line in j.lines})
+        if self.settings.customer == "per_customer":
+            ids = {str(c["id"]) for j in ready if (c := j.fields.get("customer")) and c.get("id")}
+            known = self.state.mappings(self.customer_kind, ids - set(self._customers))
+            self._customers.update({k: int(v[0]) for k, v in known.items()})
+        for job in ready:
+            missing = sorted({line.sku for line in job.lines if products.get(line.sku) is None})
+            if missing:
+                self._quarantine(job, f"{WAITING} {', '.join(missing)}")
+                continue
+            job.set_payload(om.sales_order_payload(
+                job.fields, job.lines, products, warehouse_id=self.warehouse_id,
+                shipping_method=om.shipping_method_id(job.fields, self.settings.shipping_method_map),
+                third_party_id=self._customer_for(job)))
+            if job.action == "update" and job.mapped_extra.get("payload_hash") == job.payload_hash:
+                job.action = ""
+                self._settle(job, "unchanged", remote=job.pulpo_id)
+
+    # ---- products and customers ---------------------------------------------------------------------
+
+    def _products(self, wanted: Mapping[str, str | None]) -> dict[str, int | None]:
+        """SKU -> PULPO product id: the product mapping, else one PULPO lookup per SKU and run."""
+        found: dict[str, int | None] = self.state.products_by_sku(self.product_kind, wanted)
+        for sku, billbee_id in wanted.items():
+            if sku in found:
+                continue
+            if sku not in self._sku_cache:
+                self._sku_cache[sku] = self._lookup_product(sku)
+                if self._sku_cache[sku] is not None and billbee_id and not self.dry_run:
+                    self.product_maps.append((billbee_id, str(self._sku_cache[sku]), {"sku": sku}))
+            found[sku] = self._sku_cache[sku]
+        return found
+
+    def _lookup_product(self, sku: str) -> int | None:
+        try:
+            for product in self.client.iter_products(sku=sku):
+                if product.sku == sku and product.id is not None:
+                    return product.id
+        except TransientApiError as exc:
+            raise Halt(f"PULPO product lookup failed: {exc.reason}") from exc
+        return None
+
+    def _customer_for(self, job: Job) -> int | None:
+        mode, fallback = self.settings.customer, self.settings.fallback_customer_id
+        if mode == "none":
+            return None
+        customer = job.fields.get("customer") or {}
+        if mode == "fallback" or not customer.get("id"):
+            return fallback
+        return self._customer(customer) or fallback
+
+    def _customer(self, customer: Mapping[str, Any]) -> int | None:
+        """The PULPO third party of a Billbee customer: mapping, else lookup by erp_id, else create."""
+        billbee_id = str(customer["id"])
+        if billbee_id in self._customers:   # mapped (preloaded per chunk) or resolved earlier in this run
+            return self._customers[billbee_id]
+        try:
+            party = self.client.find_third_party(billbee_id)
+            party_id = party.id if party else None
+            if party_id is None and not self.dry_run:
+                party_id = self._create_customer(customer)
+        except TransientApiError as exc:
+            raise Halt(f"PULPO customer lookup failed: {exc.reason}") from exc
+        if party_id is not None and not self.dry_run:
+            self.customer_maps.append((billbee_id, str(party_id), {"name": customer.get("name")}))
+        self._customers[billbee_id] = party_id
+        return party_id
+
+    def _create_customer(self, customer: Mapping[str, Any]) -> int | None:
+        if self._tenant_id is None:
+            self._tenant_id = self.client.check_connection().tenant_id
+        key = f"customer:create:{customer['id']}"
+        payload = om.customer_payload(customer, self._tenant_id)
+        self.state.ledger_begin(self.integration, [(key, "create_customer", {"erp_id": payload["erp_id"]})])
+        try:
+            party = self.client.create_third_party(payload)
+        except RequestRejectedError as exc:
+            self.state.ledger_finish([(key, "failed", None, None, exc.reason)])
+            self.log.warning(f"PULPO refused customer {customer['id']}: {exc.reason}")
+            return None
+        self.state.ledger_finish([(key, "done", {"id": party.id}, str(party.id), None)])
+        return party.id
+
+    # ---- creates ------------------------------------------------------------------------------------
+
+    def _creates(self, jobs: list[Job], ledger: Mapping[str, Any]) -> None:
+        to_send: list[Job] = []
+        for job in jobs:
+            status, request, remote_id, message = ledger.get(job.ledger_key, (None, {}, None, None))
+            if status == "done" and remote_id:  # in PULPO and the ledger; only the mapping was lost
+                self._adopt(job, remote_id, "adopted", sent_hash=request.get("payload_hash"))
+            elif status == "pending":
+                if not self._recover(job, request.get("payload_hash")):  # crash between PULPO's answer
+                    to_send.append(job)                                   # and the ledger record
+            elif status == "failed" and request.get("payload_hash") == job.payload_hash:
+                self._quarantine(job, message or "PULPO rejected the order")   # same payload: same answer
+            else:
+                to_send.append(job)
+        # One ledger transaction for all creates of the chunk before the first call and one after the
+        # last: a crash in between leaves them 'pending', and the next run looks each one up first.
+        self.state.ledger_begin(self.integration, [(j.ledger_key, "create", {
+            "order_num": j.order_num, "payload_hash": j.payload_hash, "lines": len(j.lines)}) for j in to_send])
+        finished: list[tuple[str, str, dict[str, Any] | None, str | None, str | None]] = []
+        taken: list[Job] = []
+        try:
+            for batch in _unique_batches(to_send, BULK_SIZE):
+                self._create_batch(batch, finished, taken)
+        finally:
+            self.state.ledger_finish(finished)
+        for job in taken:  # our own earlier create, or another Billbee order's number
+            found = self._find(job)
+            if found is None:
+                self.state.ledger_finish([(job.ledger_key, "failed", None, None, "order_num taken")])
+                self._quarantine(job, f"PULPO says order number {job.order_num} is taken but cannot find it")
+            else:
+                self._found(job, found, job.payload_hash)
+
+    def _recover(self, job: Job, sent_hash: str | None) -> bool:
+        """After a crash: adopt the order if PULPO has it. False when PULPO has no such order."""
+        found = self._find(job)
+        if found is None:
+            return False
+        self._found(job, found, sent_hash)
+        return True
+
+    def _find(self, job: Job) -> SalesOrder | None:
+        try:
+            return self.client.find_sales_order_by_order_num(job.order_num)
+        except TransientApiError as exc:
+            raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
+
+    def _found(self, job: Job, order: SalesOrder, sent_hash: str | None) -> None:
+        """PULPO has an order with our order number: ours (adopt) or another Billbee order's."""
+        if str(order.external_order_num or "") == job.key:
+            self.state.ledger_finish([(job.ledger_key, "done", {"id": order.id, "adopted": True},
+                                       str(order.id), None)])
+            self._adopt(job, str(order.id), "adopted", state=order.state, sent_hash=sent_hash)
+            return
+        reason = (f"order number {job.order_num} is already used in PULPO by order {order.id} "
+                  f"(external_order_num {order.external_order_num}): rename one of them")
+        self.state.ledger_finish([(job.ledger_key, "failed", None, str(order.id), reason)])
+        self._quarantine(job, reason)
+
+    def _create_batch(self, batch: list[Job], finished: list[Any], taken: list[Job]) -> None:
+        """Send one batch; ledger outcomes go to `finished`, number conflicts to `taken`."""
+        try:
+            if len(batch) == 1:
+                results = self._create_one(batch[0])
+            else:
+                result = self.client.bulk_create_sales_orders([j.payload for j in batch])  # type: ignore[misc]
+                results = {item.key: (item.id, None, {}) for item in result.ok}
+                results.update({item.key: (None, item.reason, item.field_errors) for item in result.failed})
+        except TransientApiError as exc:   # the outcome may be unknown: the entries stay 'pending'
+            raise Halt(f"PULPO create failed: {exc.reason}") from exc
+        crash_point("create")
+        for job in batch:
+            remote_id, reason, field_errors = results.get(job.order_num, (None, "no result from PULPO", {}))
+            if remote_id is not None:
+                finished.append((job.ledger_key, "done", {"id": remote_id}, str(remote_id), None))
+                self._adopt(job, str(remote_id), "created")
+            elif "taken" in str(field_errors.get("order_num", "")):
+                taken.append(job)
+            elif reason == "no result from PULPO":
+                self._fail(job, reason)     # left 'pending': the next run looks it up before creating
+            else:
+                finished.append((job.ledger_key, "failed", None, None, reason))
+                self._quarantine(job, f"PULPO rejected the order: {reason}")
+
+    def _create_one(self, job: Job) -> dict[str, tuple[int | None, str | None, dict[str, str]]]:
+        try:
+            order = self.client.create_sales_order(job.payload)  # type: ignore[arg-type]
+        except RequestRejectedError as exc:
+            return {job.order_num: (None, exc.reason, getattr(exc, "field_errors", {}))}
+        return {job.order_num: (order.id, None, {})}
+
+    def _adopt(self, job: Job, pulpo_id: str, result: str, state: str | None = None,
+               sent_hash: str | None = None) -> None:
+        """Record PULPO's order. If PULPO got an older version (Billbee changed the order between a
+        crashed create and now), the order stays pending and the next run updates it."""
+        job.pulpo_id = pulpo_id
+        sent = sent_hash or job.payload_hash
+        self._map(job, state or "queue", sent)
+        if sent == job.payload_hash:
+            self._settle(job, result, remote=pulpo_id)
+        else:
+            self.report.counts[result] += 1
+            self.settled.append(job.key)
+
+    # ---- cancel and update --------------------------------------------------------------------------
+
+    def _cancel(self, job: Job, ledger: Mapping[str, Any]) -> None:
+        status, _, _, message = ledger.get(job.ledger_key, (None, {}, None, None))
+        if job.pulpo_id is None:   # not mapped: in PULPO only if a create crashed before its record
+            found = self._find(job)
+            create_key = f"order:create:{job.key}"
+            if found is None or str(found.external_order_num or "") != job.key:
+                self.state.ledger_finish([(create_key, "skipped", None, None,
+                                           "not in PULPO; cancelled in Billbee before it was created")])
+                self._skip(job, "not in PULPO")
+                return
+            self.state.ledger_finish([(create_key, "done", {"id": found.id, "adopted": True}, str(found.id), None)])
+            job.pulpo_id = str(found.id)
+            self._map(job, found.state or "queue")
+        if status == "done":
+            self._map(job, "cancelled")
+            self._settle(job, "cancelled", remote=job.pulpo_id)
+            return
+        if status == "attention":   # refused before (ended): asking again changes nothing
+            self._attention(job, message or "PULPO refused the cancellation", ledger_key=None)
+            return
+        self.state.ledger_begin(self.integration, [(job.ledger_key, "cancel", {"pulpo_id": job.pulpo_id})])
+        try:
+            order = self.client.cancel_sales_order(int(job.pulpo_id))
+        except (RequestRejectedError, NotFoundError) as exc:
+            order = self._already_cancelled(job)  # by us before a crash, or by hand in PULPO
+            if order is None:
+                self._attention(job, f"PULPO refused to cancel order {job.pulpo_id}: {exc.reason}",
+                                ledger_key=job.ledger_key)
+                return
+        except TransientApiError as exc:
+            raise Halt(f"PULPO cancel failed: {exc.reason}") from exc
+        crash_point("cancel")
+        self.state.ledger_finish([(job.ledger_key, "done", {"state": order.state}, job.pulpo_id, None)])
+        self._map(job, order.state or "cancelled")
+        self._settle(job, "cancelled", remote=job.pulpo_id)
+
+    def _already_cancelled(self, job: Job) -> SalesOrder | None:
+        try:
+            order = self.client.get_sales_order(int(job.pulpo_id))  # type: ignore[arg-type]
+        except NotFoundError:
+            return None
+        except TransientApiError as exc:
+            raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
+        return order if order.state == "cancelled" else None
+
+    def _update(self, job: Job, ledger: Mapping[str, Any]) -> None:
+        status, _, _, message = ledger.get(job.ledger_key, (None, {}, None, None))
+        if status == "done":
+            self._map(job, job.mapped_extra.get("state") or "queue", job.payload_hash)
+            self._settle(job, "updated", remote=job.pulpo_id)
+            return
+        if status == "attention":
+            self._attention(job, message or "not updatable", ledger_key=None)
+            return
+        self.state.ledger_begin(self.integration, [(job.ledger_key, "update", {"pulpo_id": job.pulpo_id,
+                                                                                "payload_hash": job.payload_hash})])
+        try:
+            current = self.client.get_sales_order(int(job.pulpo_id))  # type: ignore[arg-type]
+            if current.state != "queue":
+                self._attention(job, f"not updatable: PULPO order is in state {current.state}",
+                                ledger_key=job.ledger_key)
+                return
+            order = self.client.update_sales_order(int(job.pulpo_id), job.payload)  # type: ignore[arg-type]
+        except (RequestRejectedError, NotFoundError) as exc:
+            self._attention(job, f"not updatable: {exc.reason}", ledger_key=job.ledger_key)
+            return
+        except TransientApiError as exc:
+            raise Halt(f"PULPO update failed: {exc.reason}") from exc
+        crash_point("update")
+        self.state.ledger_finish([(job.ledger_key, "done", {"state": order.state}, job.pulpo_id, None)])
+        self._map(job, order.state or "queue", job.payload_hash)
+        self._settle(job, "updated", remote=job.pulpo_id)
+
+    # ---- outcomes -----------------------------------------------------------------------------------
+
+    def _map(self, job: Job, state: str, payload_hash: str | None = None) -> None:
+        extra = {**job.mapped_extra, "order_num": job.order_num, "state": state}
+        if payload_hash is not None:
+            extra["payload_hash"] = payload_hash
+        job.mapped_extra = extra
+        self.order_maps.append((job.key, str(job.pulpo_id), extra))
+
+    def _settle(self, job: Job, result: str, *, remote: str | None = None, reason: str | None = None) -> bool:
+        """A final outcome: processed until Billbee changes the order again."""
+        self.report.counts[result] += 1
+        self.processed.append((job.key, job.hash, canonical_json(
+            {"result": result, "pulpo_id": remote, "reason": reason})))
+        self.settled.append(job.key)
+        return False
+
+    def _skip(self, job: Job, reason: str) -> bool:
+        job.action = ""
+        if self.dry_run:
+            self._plan(job, "skip", reason)
+        return self._settle(job, "skipped", reason=reason)
+
+    def _attention(self, job: Job, reason: str, *, ledger_key: str | None) -> bool:
+        job.action = ""
+        if ledger_key is not None:
+            self.state.ledger_finish([(ledger_key, "attention", None, job.pulpo_id, reason)])
+        self.report.attention.append({"billbee_order_id": job.key, "order_num": job.order_num,
+                                      "pulpo_id": job.pulpo_id or "", "reason": reason})
+        if self.dry_run:
+            self._plan(job, "attention", reason)
+        return self._settle(job, "attention", remote=job.pulpo_id, reason=reason)
+
+    def _quarantine(self, job: Job, reason: str) -> None:
+        """Not processed: re-evaluated by every run until it goes through."""
+        job.action = ""
+        self.report.counts["quarantined"] += 1
+        row = {"billbee_order_id": job.key, "order_num": job.order_num, "reason": reason}
+        self.report.quarantine.append(row)
+        self.quarantined[job.key] = (reason, row)
+        if self.dry_run:
+            self._plan(job, "quarantine", reason)
+
+    def _fail(self, job: Job, reason: str) -> None:
+        self.report.counts["failed"] += 1
+        self.report.failures.append({"billbee_order_id": job.key, "order_num": job.order_num, "reason": reason})
+
+    def _plan(self, job: Job, action: str, detail: str = "") -> None:
+        self.report.plan.append({"billbee_order_id": job.key, "order_num": job.order_num, "action": action,
+                                 "pulpo_id": job.pulpo_id or "", "detail": detail})
+
+    def _flush(self) -> None:
+        """Record the chunk's outcomes: mappings first, then 'processed' (so a crash in between only
+        repeats the evaluation, never a write), then the quarantine."""
+        if not self.dry_run:
+            for kind, rows in ((self.product_kind, self.product_maps), (self.customer_kind, self.customer_maps),
+                               (self.order_kind, self.order_maps)):
+                if rows:
+                    self.store.put_mappings(kind, rows)
+            if self.processed:
+                self.store.upsert_snapshot(self.flow.dataset(PROCESSED), self.processed)
+            self.state.quarantine_put(self.integration, self.quarantined)
+            self.state.quarantine_resolve(self.integration,
+                                          [k for k in self.settled if k in self.open_quarantine])
+        self._reset_buffers()
+
+
+def _unique_batches(jobs: list[Job], size: int) -> Iterator[list[Job]]:
+    """Batches without a repeated order number, so each bulk outcome belongs to one order."""
+    waiting = list(jobs)
+    while waiting:
+        batch: list[Job] = []
+        numbers: set[str] = set()
+        rest: list[Job] = []
+        for job in waiting:
+            if len(batch) < size and job.order_num not in numbers:
+                batch.append(job)
+                numbers.add(job.order_num)
+            else:
+                rest.append(job)
+        yield batch
+        waiting = rest
+
+
+def _state_name(state: Any) -> str:
+    return ORDER_STATES.get(state, str(state)) if isinstance(state, int) else str(state)
+
+
+# --------------------------------------------------------------------------------------------------
+# The asset
+
+
+def accounted_check(writer: OrderWriter, flow: Flow) -> dg.AssetCheckResult:
+    """Every importable order this run handled is in PULPO, in quarantine or skipped with a reason."""
+    report = writer.report
+    missing = writer.state.unaccounted(writer.integration, writer.order_kind, flow.dataset(PROCESSED),
+                                       report.importable)
+    return dg.AssetCheckResult(
+        check_name=CHECK,
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "importable_orders": dg.MetadataValue.int(len(report.importable)),
+            "unaccounted": dg.MetadataValue.int(len(missing)),
+            "unaccounted_preview": preview_table([{"billbee_order_id": k} for k in missing]),
+            "dry_run": dg.MetadataValue.bool(writer.dry_run),
+        },
+    )
+
+
+def pulpo_sales_orders_asset(flow: Flow) -> dg.AssetsDefinition:
+    key = flow.key(WRITER)
+
+    @dg.asset(
+        key=key,
+        group_name=flow.slug,
+        deps=[flow.key(ORDERS)],
+        kinds={"pulpo", "duckdb"},
+        required_resource_keys={flow.target_key, STATE_STORE_KEY},
+        tags=flow.tags,
+        # Runs of several windows (backfills, the gap filler) each include this writer. Racing writers
+        # are safe (PULPO refuses a second order with the same order_num and the loser adopts it), but
+        # wasteful: a pool limit of 1 (dagster.yaml `concurrency: pools:`) makes them queue instead.
+        pool=f"{flow.slug}_pulpo_writes",
+        check_specs=[dg.AssetCheckSpec(
+            CHECK, asset=key, blocking=False,
+            description="Every importable order the run handled is in PULPO, quarantined with a reason or "
+                        "skipped with a reason (e.g. only vouchers). Warns; the run's writes stand.")],
+        description=f"""PULPO sales orders of warehouse user '{flow.target.name}' converged to the Billbee
+orders of '{flow.source.name}' ({flow.name}).
+
+Takes every order of `{flow.dataset(ORDERS)}` whose hash was not processed yet (plus quarantined orders,
+re-evaluated every run): creates orders in the import states (bulk), cancels those in the cancel states,
+updates changed ones while PULPO still has them in `queue` and reports the rest as needing attention.
+Each write is framed by the ledger, so retries and crashes never duplicate an order. Launchpad
+`dry_run: true` shows the plan and writes nothing.""",
+    )
+    def pulpo_sales_orders(context: dg.AssetExecutionContext, config: WriteConfig) -> dg.MaterializeResult:
+        client = getattr(context.resources, flow.target_key).client()
+        store = context.resources.state_store.store()
+        meter = CallMeter(pulpo=client.stats)
+        writer = OrderWriter(flow, client, store, dry_run=config.dry_run, log=context.log)
+        report = writer.run()
+        metadata = {**report.metadata(config.dry_run), **meter.metadata()}
+        c = report.counts
+        context.log.info(f"{flow.name}: {report.read} orders pending; created {c['created']}, adopted "
+                         f"{c['adopted']}, cancelled {c['cancelled']}, updated {c['updated']}, attention "
+                         f"{c['attention']}, quarantined {c['quarantined']}, skipped {c['skipped']}")
+        if writer.halted:
+            raise dg.Failure(description=f"{c['failed']} order(s) not written: {writer.halted}. They stay "
+                                         "pending and the next run retries them (looking each up first).",
+                             metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata, check_results=[accounted_check(writer, flow)])
+
+    return pulpo_sales_orders
