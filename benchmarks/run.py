@@ -8,6 +8,19 @@
     throttled_paging_2000         2,000 requests of the paced client over several endpoints against the
                                   throttled sandbox: 429s provoked (target 0), wall ÷ rate-limit bound
     pulpo_token_sharing           4 processes × 50 PULPO calls with one token cache: token requests
+    initial_sync_products_20k_ratio  first product sync (snapshot + PULPO writer) of 20,000 products,
+                                  Billbee throttling on: wall ÷ (Billbee pages ÷ 2 req/s), 429s
+    order_import_10k_ratio        the order sync (read + PULPO writer) of 10,000 paid orders, throttling
+                                  on: wall ÷ (pages ÷ 2 req/s), 429s, PULPO orders created
+    noop_resync_200k              second product sync of 200,000 products, throttling off: wall, CPU,
+                                  peak RSS, PULPO writes (must be 0)
+    billbee_calls_per_order_tick  Billbee calls of an order tick with 0, 10 and 1,000 changed orders
+    extract_vs_dlt                our Billbee product snapshot (the `billbee_products` asset) against dlt's
+                                  `rest_api` source configured as dlt's docs recommend (page-number
+                                  paginator on Paging.TotalPages, data selector Data, DuckDB destination,
+                                  parquet loader), same sandbox world: 20,000 products throttled (wall ÷
+                                  rate-limit bound, 429s) and 200,000 unthrottled (wall, CPU, peak RSS).
+                                  Needs the bench extra: pip install -e .[bench]
 
 Each figure runs in its own subprocess so its peak RSS is its own.
 """
@@ -151,11 +164,233 @@ def fig_pulpo_token_sharing() -> dict[str, Any]:
         return {"processes": 4, "calls": 200, "exit_codes": codes, "token_requests": stats["token_requests"]}
 
 
+PRODUCTS_ONLY_CONFIG = """
+credentials:
+  - {name: shop, type: billbee, base_url: "${BILLBEE_BASE_URL}", username: "${BILLBEE_USERNAME}",
+     api_password: "${BILLBEE_API_PASSWORD}", api_key: "${BILLBEE_API_KEY}",
+     rate_limit_per_endpoint: %(rate)s, rate_limit_per_user: %(user_rate)s}
+  - {name: wms, type: pulpo, base_url: "${PULPO_BASE_URL}", username: "${PULPO_USERNAME}",
+     password: "${PULPO_PASSWORD}", warehouse_id: 1}
+integrations:
+  - {name: Produkte, type: products, source: shop, target: wms}
+"""
+
+
+def ours_product_snapshot(products: int, throttled: bool) -> dict[str, Any]:
+    """Materialize only the `billbee_products` snapshot asset, in this process."""
+    import dagster as dg
+
+    from billbee_pulpo_pipeline.config import load_config
+    from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
+
+    with SandboxProcess(products=products, orders=10, throttle=throttled) as sandbox, \
+            tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(creds.sandbox_env(sandbox.billbee_url, sandbox.pulpo_url))
+        config_file = Path(tmp) / "products.yaml"
+        rates = {"rate": 2.0, "user_rate": 10.0} if throttled else {"rate": 0, "user_rate": 0}
+        config_file.write_text(PRODUCTS_ONLY_CONFIG % rates)
+        config, home = load_config(config_file), Path(tmp) / "home"
+        defs = build_definitions(config, home)
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        result = dg.materialize(list(defs.assets), selection=[dg.AssetKey(["produkte", "billbee_products"])],
+                                resources=build_resources(config, home), instance=dg.DagsterInstance.ephemeral())
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        stats = sandbox.stats("billbee")
+        pages = stats["requests"].get("GET /api/v1/products", 0)
+        return {"ok": result.success, "products": products, "pages": pages, "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+                "throttled_429": stats["throttled_429"], "ratio": round(wall / (pages / 2.0), 3) if throttled else None}
+
+
+def dlt_product_extract(products: int, throttled: bool) -> dict[str, Any]:
+    """dlt's rest_api source for Billbee products into DuckDB with the parquet loader."""
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    with SandboxProcess(products=products, orders=10, throttle=throttled) as sandbox, \
+            tempfile.TemporaryDirectory() as tmp:
+        source = rest_api_source({
+            "client": {
+                "base_url": sandbox.billbee_url + "/",
+                "auth": {"type": "http_basic", "username": creds.BILLBEE_USERNAME,
+                         "password": creds.BILLBEE_API_PASSWORD},
+                "headers": {"X-Billbee-Api-Key": creds.BILLBEE_API_KEY},
+                "paginator": {"type": "page_number", "base_page": 1, "page_param": "page",
+                              "total_path": "Paging.TotalPages"},
+            },
+            "resources": [{"name": "products", "endpoint": {"path": "products", "params": {"pageSize": 250},
+                                                             "data_selector": "Data"}}],
+        })
+        pipeline = dlt.pipeline(pipeline_name="billbee_products_bench", pipelines_dir=str(Path(tmp) / "pipelines"),
+                                destination=dlt.destinations.duckdb(str(Path(tmp) / "dlt.duckdb")),
+                                dataset_name="billbee")
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        pipeline.run(source, loader_file_format="parquet")
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        stats = sandbox.stats("billbee")
+        pages = stats["requests"].get("GET /api/v1/products", 0) - stats["throttled_429"]
+        return {"ok": True, "products": products, "pages": pages, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                "peak_rss_mb": round(peak_rss_mb(), 1), "throttled_429": stats["throttled_429"],
+                "ratio": round(wall / (pages / 2.0), 3) if throttled else None}
+
+
+def fig_extract_vs_dlt() -> dict[str, Any]:
+    try:
+        import dlt  # noqa: F401
+    except ImportError:
+        return {"error": "dlt is not installed: pip install -e .[bench]"}
+    runs = {}
+    for name, products, throttled in (("throttled_20k", 20_000, True), ("unthrottled_200k", 200_000, False)):
+        for tool in ("ours", "dlt"):
+            runs[f"{tool}_{name}"] = run_child(f"_{tool}_{products}_{int(throttled)}")
+    return runs
+
+
+FLOW_CONFIG = """
+credentials:
+  - {name: shop, type: billbee, base_url: "${BILLBEE_BASE_URL}", username: "${BILLBEE_USERNAME}",
+     api_password: "${BILLBEE_API_PASSWORD}", api_key: "${BILLBEE_API_KEY}",
+     rate_limit_per_endpoint: "${BENCH_RATE:-2.0}", rate_limit_per_user: "${BENCH_USER_RATE:-10.0}"}
+  - {name: wms, type: pulpo, base_url: "${PULPO_BASE_URL}", username: "${PULPO_USERNAME}",
+     password: "${PULPO_PASSWORD}", warehouse_id: 1}
+integrations:
+  - {name: Produkte, type: products, source: shop, target: wms}
+  - {name: Auftraege, type: sales_orders, source: shop, target: wms, import_states: [Bezahlt]}
+"""
+
+
+def fig__flow_sync() -> dict[str, Any]:
+    """One sync of BENCH_GROUP against running sandboxes (env from the parent); measured here."""
+    import dagster as dg
+
+    from billbee_pulpo_pipeline.config import load_config
+    from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
+
+    home = Path(os.environ["BENCH_HOME"])
+    config_file = home / "flows.yaml"
+    if not config_file.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(FLOW_CONFIG)
+    config = load_config(config_file)
+    defs = build_definitions(config, home)
+    group = os.environ["BENCH_GROUP"]
+    selection = dg.AssetSelection.groups(group)
+    if os.environ.get("BENCH_ASSET"):
+        selection = dg.AssetSelection.assets(dg.AssetKey([group, os.environ["BENCH_ASSET"]]))
+    partition = time.strftime("%Y-%m-%d-%H:00", time.gmtime()) if group == "auftraege" else None
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    result = dg.materialize(list(defs.assets), selection=selection, resources=build_resources(config, home),
+                            instance=dg.DagsterInstance.ephemeral(), partition_key=partition, raise_on_error=False)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    metadata = {}
+    for event in result.get_asset_materialization_events():
+        metadata[event.asset_key.path[-1]] = {k: v.value for k, v in event.materialization.metadata.items()
+                                              if isinstance(v.value, int | float | bool)}
+    return {"ok": result.success, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "assets": metadata}
+
+
+def flow_sync(sandbox: SandboxProcess, home: Path, group: str, *, throttled: bool, asset: str = "") -> dict[str, Any]:
+    env = {**creds.sandbox_env(sandbox.billbee_url, sandbox.pulpo_url), "BENCH_HOME": str(home),
+           "BENCH_GROUP": group, "BENCH_ASSET": asset, "BENCH_RATE": "2.0" if throttled else "0",
+           "BENCH_USER_RATE": "10.0" if throttled else "0"}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return run_child("_flow_sync")
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def pulpo_writes(stats: dict[str, Any]) -> int:
+    return sum(n for endpoint, n in stats["requests"].items()
+               if endpoint.split()[0] in {"POST", "PUT", "PATCH", "DELETE"} and "/auth" not in endpoint)
+
+
+def fig_initial_sync_products_20k_ratio() -> dict[str, Any]:
+    with SandboxProcess(products=20_000, orders=10, throttle=True) as sandbox, tempfile.TemporaryDirectory() as tmp:
+        run = flow_sync(sandbox, Path(tmp), "produkte", throttled=True)
+        billbee, pulpo = sandbox.stats("billbee"), sandbox.stats("pulpo")
+        pages = billbee["requests"].get("GET /api/v1/products", 0)
+        return {"ratio": round(run["wall_s"] / (pages / 2.0), 3), "wall_s": run["wall_s"], "billbee_pages": pages,
+                "throttled_429": billbee["throttled_429"], "pulpo_write_calls": pulpo_writes(pulpo),
+                "peak_rss_mb": run["peak_rss_mb"], "ok": run.get("ok")}
+
+
+def fig_order_import_10k_ratio() -> dict[str, Any]:
+    from billbee_pulpo_pipeline.sandboxes.billbee.shop import ShopSimulator
+
+    with SandboxProcess(products=2_000, orders=10, throttle=True) as sandbox, tempfile.TemporaryDirectory() as tmp:
+        flow_sync(sandbox, Path(tmp), "produkte", throttled=True)  # products first, as in production
+        shop = ShopSimulator(sandbox.billbee_url, seed=7)
+        shop.step(new_orders=10_000, pay_ratio=1.0, cancel_ratio=0.0)
+        shop.step(new_orders=0, pay_ratio=1.0, cancel_ratio=0.0)
+        time.sleep(1.5)
+        sandbox.reset_stats("billbee")
+        sandbox.reset_stats("pulpo")
+        run = flow_sync(sandbox, Path(tmp), "auftraege", throttled=True)
+        billbee = sandbox.stats("billbee")
+        pages = billbee["requests"].get("GET /api/v1/orders", 0)
+        writer = run.get("assets", {}).get("pulpo_sales_orders", {})
+        return {"ratio": round(run["wall_s"] / (pages / 2.0), 3), "wall_s": run["wall_s"], "billbee_pages": pages,
+                "throttled_429": billbee["throttled_429"], "orders_read": run["assets"].get("billbee_orders", {})
+                .get("records_read"), "pulpo_created": writer.get("created"), "quarantined": writer.get("quarantined"),
+                "pulpo_calls": writer.get("pulpo_calls"), "ok": run.get("ok")}
+
+
+def fig_noop_resync_200k() -> dict[str, Any]:
+    with SandboxProcess(products=200_000, orders=10, throttle=False) as sandbox, \
+            tempfile.TemporaryDirectory() as tmp:
+        first = flow_sync(sandbox, Path(tmp), "produkte", throttled=False)
+        sandbox.reset_stats("pulpo")
+        second = flow_sync(sandbox, Path(tmp), "produkte", throttled=False)
+        return {"wall_s": second["wall_s"], "cpu_s": second["cpu_s"], "peak_rss_mb": second["peak_rss_mb"],
+                "pulpo_writes": pulpo_writes(sandbox.stats("pulpo")), "first_sync_wall_s": first["wall_s"],
+                "ok": bool(first.get("ok") and second.get("ok"))}
+
+
+def fig_billbee_calls_per_order_tick() -> dict[str, Any]:
+    import requests
+
+    calls = {}
+    with SandboxProcess(products=500, orders=5_000, throttle=True) as sandbox:
+        listing = requests.get(f"{sandbox.billbee_url}/orders", params={"pageSize": 250, "page": 1},
+                               auth=(creds.BILLBEE_USERNAME, creds.BILLBEE_API_PASSWORD),
+                               headers={"X-Billbee-Api-Key": creds.BILLBEE_API_KEY, **creds.SIMULATOR_HEADERS},
+                               timeout=30).json()
+        total = listing["Paging"]["TotalRows"]
+        base_id = listing["Data"][0]["BillBeeOrderId"]
+        for changed in (0, 10, 1000):
+            sandbox.reset("billbee", orders=5_000)
+            with tempfile.TemporaryDirectory() as tmp:
+                flow_sync(sandbox, Path(tmp), "auftraege", throttled=True, asset="billbee_orders")  # baseline tick
+                for i in range(changed):
+                    sandbox.control("POST", "billbee", f"orders/{base_id + (i * 7) % total}/touch")
+                time.sleep(1.5)
+                tick = flow_sync(sandbox, Path(tmp), "auftraege", throttled=True, asset="billbee_orders")
+                calls[str(changed)] = tick["assets"]["billbee_orders"].get("billbee_calls")
+    return {"calls_by_changed_orders": calls, "target": {"0": 1, "10": 1, "1000": 4}}
+
+
 FIGURES = {
     "sandbox_requests_per_s": fig_sandbox_requests_per_s,
     "paging_200k_products": fig_paging_200k_products,
     "throttled_paging_2000": fig_throttled_paging_2000,
     "pulpo_token_sharing": fig_pulpo_token_sharing,
+    "initial_sync_products_20k_ratio": fig_initial_sync_products_20k_ratio,
+    "order_import_10k_ratio": fig_order_import_10k_ratio,
+    "noop_resync_200k": fig_noop_resync_200k,
+    "billbee_calls_per_order_tick": fig_billbee_calls_per_order_tick,
+    "extract_vs_dlt": fig_extract_vs_dlt,
+}
+HIDDEN_FIGURES = {  # halves of extract_vs_dlt, each in its own process for a clean peak RSS
+    f"_{tool}_{n}_{int(t)}": (lambda tool=tool, n=n, t=t: (ours_product_snapshot if tool == "ours"
+                                                              else dlt_product_extract)(n, t))
+    for tool in ("ours", "dlt") for n, t in ((20_000, True), (200_000, False))
 }
 
 
@@ -174,7 +409,7 @@ def main() -> int:
     parser.add_argument("--figure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.figure:
-        print(json.dumps(FIGURES[args.figure]()))
+        print(json.dumps({**FIGURES, **HIDDEN_FIGURES, "_flow_sync": fig__flow_sync}[args.figure]()))
         return 0
     names = args.only.split(",") if args.only else list(FIGURES)
     results = {}
