@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -19,6 +20,8 @@ from filelock import FileLock
 
 from billbee_pulpo_pipeline.state import (
     SCHEMA_VERSION,
+    LedgerFinish,
+    LedgerStart,
     StateStore,
     StateStoreError,
     bpp_home,
@@ -37,6 +40,16 @@ def store(tmp_path: Path) -> StateStore:
 
 def rows_for(records: dict[str, dict]) -> list[tuple[str, str, str]]:
     return [snapshot_row(key, record) for key, record in records.items()]
+
+
+TIME_FIELDS = ("created_at", "updated_at", "finished_at", "first_seen", "last_seen", "resolved_at")
+
+
+def untimed(entry):
+    """A ledger or quarantine entry with each timestamp replaced by whether it is set: two stores that
+    saw the same operations at different moments compare equal."""
+    names = {f.name for f in dataclasses.fields(entry)}
+    return dataclasses.replace(entry, **{n: getattr(entry, n) is not None for n in TIME_FIELDS if n in names})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,6 +199,55 @@ def test_200k_row_diff_in_about_a_second(store):
     assert store.summary()["snapshots"]["big"] == 199_500
 
 
+def random_datasets(store, seed: int = 11) -> tuple[dict[str, dict], dict[str, dict]]:
+    """A source snapshot and an acknowledged one that overlap with new, changed, removed, unchanged."""
+    rng = random.Random(seed)
+    acknowledged = {f"{10**16 + i}": {"q": rng.randint(0, 3)} for i in range(1_500)}
+    source = {k: {"q": rng.randint(0, 3)} for k in acknowledged if rng.random() < 0.9}
+    source |= {f"n{i}": {"q": 1} for i in range(120)}
+    store.replace_snapshot("s.source", rows_for(source))
+    store.replace_snapshot("s.acknowledged", rows_for(acknowledged))
+    return source, acknowledged
+
+
+def test_compare_snapshots_equals_diff_snapshot_and_stores_nothing(store):
+    source, acknowledged = random_datasets(store)
+    source_rows = [(k, h, p) for k, (h, p) in store.snapshot_records("s.source").items()]
+
+    compared = store.compare_snapshots("s.source", "s.acknowledged")
+
+    assert compared == store.diff_snapshot("s.acknowledged", source_rows)
+    assert set(compared.new_keys) == source.keys() - acknowledged.keys()
+    assert set(compared.removed_keys) == acknowledged.keys() - source.keys()
+    assert set(compared.changed_keys) == {k for k in source.keys() & acknowledged.keys()
+                                          if source[k] != acknowledged[k]}
+    assert store.snapshot_keys("s.acknowledged") == set(acknowledged)
+    assert store.compare_snapshots("s.source", "s.nothing").new == len(source)
+
+
+def test_pending_changes_are_new_and_changed_rows_with_their_hashes(store):
+    source, acknowledged = random_datasets(store)
+    hashes = {key: content_hash for key, content_hash, _ in rows_for(source)}
+    expected = sorted((k, hashes[k]) for k in source if k not in acknowledged or source[k] != acknowledged[k])
+
+    assert store.pending_changes("s.source", "s.acknowledged") == expected
+    store.upsert_snapshot("s.acknowledged", [(k, h, None) for k, h in expected[:10]])  # processed: drop out
+    assert store.pending_changes("s.source", "s.acknowledged") == expected[10:]
+    assert store.pending_changes("s.nothing", "s.acknowledged") == []
+
+
+def test_snapshot_records_and_hashes(store):
+    rows = rows_for({BIG_ID: {"v": 1}, "b": {"v": 2}})
+    store.replace_snapshot("d", rows)
+    assert store.snapshot_records("d") == {key: (h, p) for key, h, p in rows}
+    assert store.snapshot_records("d", [int(BIG_ID), "missing"]) == {BIG_ID: (rows[0][1], rows[0][2])}
+    assert store.snapshot_hashes("d") == {key: h for key, h, _ in rows}
+    assert store.snapshot_hashes("d", ["b", "b"]) == {"b": rows[1][1]}
+    assert store.snapshot_records("d", []) == {} and store.snapshot_rows("d", []) == {}
+    with pytest.raises(TypeError, match="17-digit"):
+        store.snapshot_hashes("d", [float(BIG_ID)])
+
+
 # --------------------------------------------------------------------------------------------------
 # Cursors and mappings
 
@@ -227,6 +289,55 @@ def test_bulk_mappings(store):
     mapping = store.mappings("product")
     assert len(mapping) == 5_000 and mapping["0"] == "1" and mapping["4999"] == "5999"
     assert store.get_mapping("product", "0").extra == {"again": True}
+
+
+def test_get_mappings_equals_get_mapping(store):
+    store.put_mappings("product", [(int(BIG_ID), 501, {"sku": "A-1"}), ("42", "502", None)])
+    store.put_mapping("order", "42", "9001")
+    wanted = [BIG_ID, "42", "missing", BIG_ID]
+
+    found = store.get_mappings("product", wanted)
+
+    assert found == {key: store.get_mapping("product", key) for key in (BIG_ID, "42")}
+    assert found[BIG_ID].pulpo_id == "501" and found["42"].extra is None
+    assert store.get_mappings("product", [int(BIG_ID)]).keys() == {BIG_ID}
+    assert store.get_mappings("order", wanted) == {"42": store.get_mapping("order", "42")}
+    assert store.get_mappings("product", []) == {}
+    with pytest.raises(TypeError, match="17-digit"):
+        store.get_mappings("product", [float(BIG_ID)])
+
+
+def test_get_mappings_by_pulpo_lists_every_billbee_id_most_recent_first(store):
+    store.put_mapping("product", "old", "900")
+    store.put_mapping("product", "new", "900")
+    store.put_mappings("product", [("b", "800", None), ("a", "800", None)])  # one batch: same timestamp
+    store.put_mapping("kit", "x", "900")
+
+    found = store.get_mappings_by_pulpo("product", [900, "800", "777"])
+
+    assert {pid: [m.billbee_id for m in ms] for pid, ms in found.items()} == \
+        {"900": ["new", "old"], "800": ["a", "b"]}
+    for pulpo_id in ("900", "800"):
+        assert found[pulpo_id][0] == store.get_mapping_by_pulpo("product", pulpo_id)
+
+
+def test_mappings_by_extra_finds_the_most_recent_mapping_per_value(store):
+    store.put_mappings("product", [("1", "501", {"sku": "A"}), ("2", "502", {"sku": "B"}),
+                                   ("9", "509", {"sku": 12345}), ("8", "508", None)])
+    store.put_mapping("product", "3", "503", {"sku": "A"})  # later: wins for SKU A
+    store.put_mappings("product", [("5", "505", {"sku": "T"}), ("4", "504", {"sku": "T"})])  # tie: by id
+    store.put_mapping("kit", "7", "507", {"sku": "B"})
+
+    found = store.mappings_by_extra("product", "sku", ["A", "B", "T", "12345", "none"])
+
+    assert {value: m.billbee_id for value, m in found.items()} == {"A": "3", "B": "2", "T": "4", "12345": "9"}
+    assert found["A"] == store.get_mapping("product", "3")
+    assert store.mappings_by_extra("product", "sku", [12345])["12345"].pulpo_id == "509"
+    assert store.mappings_by_extra("kit", "sku", ["A", "B"]).keys() == {"B"}
+    assert store.mappings_by_extra("product", "name", ["A"]) == {}
+    assert store.mappings_by_extra("product", "sku", []) == {}
+    with pytest.raises(ValueError, match="identifiers"):
+        store.mappings_by_extra("product", "sku') OR 1=1 --", ["A"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,6 +411,129 @@ def test_quarantine_sync_puts_current_and_resolves_the_rest(store):
     assert [(q.kind, q.record_key) for q in store.quarantine_list("produkte")] == [("bundle", "9")]
     assert {q.record_key: q.occurrences for q in store.quarantine_list(include_resolved=True)} == \
         {"1": 1, "2": 2, "3": 1, "9": 1}
+
+
+def test_batched_ledger_equals_the_single_record_methods(store, tmp_path):
+    batched = StateStore(tmp_path / "batched")
+    starts = [("k1", "create", {"order": BIG_ID}), ("k2", "cancel", {"pulpo_id": "7"}), ("k3", "update", None)]
+    steps = [
+        ("begin", starts),
+        ("begin", [("k1", "create", {"order": BIG_ID, "retry": True})]),
+        ("finish", [("k2", "done", {"http": 201}, int(BIG_ID), "ok"), ("k3", "failed", None, None, "422")]),
+        ("finish", [("k1", "attention", None, None, "shipped"), ("k2", "done", {"again": 1})]),  # keeps remote
+        ("begin", [("k2", "cancel", None), ("k4", "create", {"n": 4})]),
+    ]
+    previous: dict[int, dict] = {}
+    for step, items in steps:
+        if step == "begin":
+            single = {key: store.ledger_begin(key, "orders", action, request) for key, action, request in items}
+            many = batched.ledger_begin_many("orders", items)
+        else:
+            single = {item[0]: store.ledger_finish(*item) for item in items}
+            many = batched.ledger_finish_many(items)
+        assert {k: untimed(e) for k, e in many.items()} == {k: untimed(e) for k, e in single.items()}, step
+        if step == "begin":
+            previous[len(previous)] = {k: (e.previous_status, e.attempts) for k, e in many.items()}
+    assert previous == {0: {"k1": (None, 1), "k2": (None, 1), "k3": (None, 1)}, 1: {"k1": ("pending", 2)},
+                        2: {"k2": ("done", 2), "k4": (None, 1)}}
+
+    entries = {e.key: e for e in batched.ledger_entries()}
+    assert {k: untimed(e) for k, e in entries.items()} == {e.key: untimed(e) for e in store.ledger_entries()}
+    assert (entries["k2"].attempts, entries["k2"].remote_id, entries["k2"].status) == (2, BIG_ID, "pending")
+    assert entries["k1"].request == {"order": BIG_ID, "retry": True} and entries["k1"].remote_id is None
+    assert batched.ledger_get_many(["k1", "k3", "nope", "k1"]) == \
+        {"k1": batched.ledger_get("k1"), "k3": batched.ledger_get("k3")}
+    assert batched.ledger_begin_many("orders", []) == {} and batched.ledger_finish_many([]) == {}
+    begun = batched.ledger_begin_many("orders", [LedgerStart("k5", "create")])["k5"]
+    assert begun.created_at == begun.updated_at and begun.created_at.tzinfo is UTC
+    assert abs((datetime.now(UTC) - begun.created_at).total_seconds()) < 60, "UTC, not local time"
+    done = batched.ledger_finish_many([LedgerFinish("k5", "skipped")])["k5"]
+    assert done.finished_at is not None and done.finished_at >= done.created_at
+
+
+def test_a_refused_ledger_batch_records_nothing(store):
+    store.ledger_begin_many("orders", [("a", "create", None), ("b", "create", None)])
+    with pytest.raises(KeyError, match="'unknown'"):
+        store.ledger_finish_many([("a", "done"), ("unknown", "done")])
+    with pytest.raises(ValueError, match="status must be one of"):
+        store.ledger_finish_many([("a", "done"), ("b", "pending")])
+    with pytest.raises(ValueError, match="repeated ledger key 'a'"):
+        store.ledger_finish_many([("a", "done"), ("a", "failed")])
+    with pytest.raises(ValueError, match="repeated ledger key 'b'"):
+        store.ledger_begin_many("orders", [("b", "create", None), ("b", "create", None)])
+    assert {(e.key, e.status, e.attempts) for e in store.ledger_entries()} == {("a", "pending", 1),
+                                                                              ("b", "pending", 1)}
+
+
+def test_batched_quarantine_equals_the_single_record_methods(store, tmp_path):
+    batched = StateStore(tmp_path / "batched")
+    store.quarantine_put("orders", "a", "waiting for product X", {"n": 1}, kind="order")
+    store.quarantine_put("orders", "b", "bad address", None, kind="order")
+    store.quarantine_put("orders", int(BIG_ID), "rejected", {"id": BIG_ID}, kind="order")
+    assert batched.quarantine_put_many("orders", "order", {
+        "a": ("waiting for product X", {"n": 1}), "b": ("bad address", None),
+        int(BIG_ID): ("rejected", {"id": BIG_ID})}) == 3
+    store.quarantine_put("orders", "a", "waiting for product Y", {"n": 2}, kind="order")
+    assert batched.quarantine_put_many("orders", "order", {"a": ("waiting for product Y", {"n": 2})}) == 0
+    assert [store.quarantine_resolve("orders", key, kind="order") for key in ("b", "zz")] == [True, False]
+    assert batched.quarantine_resolve_many("orders", ["b", "zz"], kind="order") == {"b"}
+    store.quarantine_put("orders", "b", "bad address again", kind="order")
+    assert batched.quarantine_put_many("orders", "order", {"b": ("bad address again", None)}) == 1  # reopened
+
+    def everything(s: StateStore) -> dict:  # by key: one batch shares first_seen, so list order differs
+        return {q.record_key: untimed(q) for q in s.quarantine_list(include_resolved=True)}
+
+    assert everything(batched) == everything(store)
+    assert {q.record_key: q.occurrences for q in batched.quarantine_list()} == {"a": 2, "b": 2, BIG_ID: 1}
+    assert batched.quarantine_put_many("orders", "order", {}) == 0
+
+
+def test_quarantine_open_keys_and_resolving_any_kind(store):
+    store.quarantine_put_many("orders", "order", {"1": ("r", None), "2": ("r", None), "3": ("r", None)})
+    store.quarantine_put_many("orders", "customer", {"1": ("r", None)})
+    store.quarantine_put_many("stock", "order", {"9": ("r", None)})
+    store.quarantine_resolve("orders", "3", kind="order")
+
+    assert store.quarantine_open_keys("orders", kind="order") == {"1", "2"}
+    assert store.quarantine_open_keys("orders") == {"1", "2"}
+    assert store.quarantine_open_keys("orders", kind="order", record_keys=[2, "3", "9"]) == {"2"}
+    assert store.quarantine_open_keys("orders", record_keys=[]) == set()
+    assert store.quarantine_resolve_many("orders", ["1"]) == {"1"}, "no kind: every kind"
+    assert store.quarantine_open_keys("orders", kind="customer") == set()
+    assert store.quarantine_open_keys("stock") == {"9"}
+    assert store.quarantine_resolve_many("orders", []) == set()
+
+
+def test_batches_of_10000_take_one_transaction_each(store):
+    count = 10_000
+    keys = [str(10**16 + i) for i in range(count)]
+    store.replace_snapshot("o.orders", [(k, f"h{i}", "{}") for i, k in enumerate(keys)])
+    store.replace_snapshot("o.processed", [(k, f"h{i}", "{}") for i, k in enumerate(keys[:count // 2])])
+    store.put_mappings("product", [(k, str(i), {"sku": f"S{i}"}) for i, k in enumerate(keys)])
+    ledger_keys = [f"order:create:{k}" for k in keys]
+    operations = {
+        "pending_changes": lambda: store.pending_changes("o.orders", "o.processed"),
+        "snapshot_records": lambda: store.snapshot_records("o.orders", keys),
+        "get_mappings": lambda: store.get_mappings("product", keys),
+        "get_mappings_by_pulpo": lambda: store.get_mappings_by_pulpo("product", [str(i) for i in range(count)]),
+        "mappings_by_extra": lambda: store.mappings_by_extra("product", "sku", [f"S{i}" for i in range(count)]),
+        "ledger_begin_many": lambda: store.ledger_begin_many("o", [(k, "create", {"k": k}) for k in ledger_keys]),
+        "ledger_get_many": lambda: store.ledger_get_many(ledger_keys),
+        "ledger_finish_many": lambda: store.ledger_finish_many([(k, "done", None, "1") for k in ledger_keys]),
+        "quarantine_put_many": lambda: store.quarantine_put_many("o", "order", {k: ("r", None) for k in keys}),
+        "quarantine_open_keys": lambda: store.quarantine_open_keys("o", kind="order", record_keys=keys),
+        "quarantine_resolve_many": lambda: store.quarantine_resolve_many("o", keys, kind="order"),
+    }
+    sizes, seconds = {}, {}
+    for name, operation in operations.items():
+        started = time.perf_counter()
+        result = operation()
+        seconds[name] = round(time.perf_counter() - started, 3)
+        sizes[name] = result if isinstance(result, int) else len(result)
+
+    assert sizes == {name: count // 2 if name == "pending_changes" else count for name in operations}
+    assert max(seconds.values()) < 2.0, f"10,000-record batches (s): {seconds}"
+    assert store.summary("o")["ledger"]["done"] == count and store.quarantine_open_keys("o") == set()
 
 
 def test_summary(store):

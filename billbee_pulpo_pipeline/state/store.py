@@ -10,6 +10,11 @@ lock error (a process that ignores the file lock, such as the DuckDB CLI) is ret
 The store never receives secrets: callers store ids, hashes, business payloads and request summaries,
 never credentials or auth headers. Ids are VARCHAR, so 17-digit Billbee ids never pass through a float.
 Timestamps are UTC (stored as naive TIMESTAMP in UTC, returned timezone-aware).
+
+Each connection costs ~15-50 ms (lock, open, commit), so every per-record method has a set-based
+counterpart for thousands of records in one transaction (`get_mappings`, `ledger_begin_many`,
+`quarantine_put_many`, ...). The single-record methods call them, so both have the same semantics.
+Callers never touch the tables: this class is the only place that knows them.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import hashlib
 import json
 import os
 import random
+import re
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pandas as pd
@@ -187,6 +194,24 @@ class QuarantineEntry:
     resolved_at: datetime | None
 
 
+class LedgerStart(NamedTuple):
+    """One item of `ledger_begin_many` (a plain `(key, action, request)` tuple works too)."""
+
+    key: str
+    action: str
+    request: dict[str, Any] | None = None
+
+
+class LedgerFinish(NamedTuple):
+    """One item of `ledger_finish_many` (a plain tuple in this order works too)."""
+
+    key: str
+    status: str
+    outcome: dict[str, Any] | None = None
+    remote_id: str | int | None = None
+    message: str | None = None
+
+
 _LEDGER_COLUMNS = ("key, integration, action, status, attempts, request, outcome, remote_id, message, "
                    "created_at, updated_at, finished_at")
 _QUARANTINE_COLUMNS = ("integration, kind, record_key, reason, payload, first_seen, last_seen, occurrences, "
@@ -316,10 +341,10 @@ class StateStore:
 
     def delete_snapshot_rows(self, dataset: str, keys: Iterable[Any]) -> int:
         """Remove some keys from the snapshot; returns how many existed."""
-        wanted = pd.DataFrame({"key": [_id(key) for key in keys]}, dtype=object)
+        wanted = [_id(key) for key in keys]
         with self._connect() as conn:
-            conn.register("wanted", wanted)
-            condition = "dataset = ? AND key IN (SELECT CAST(key AS VARCHAR) FROM wanted)"
+            _key_table(conn, "wanted", wanted)
+            condition = "dataset = ? AND key IN (SELECT key FROM wanted)"
             found = conn.execute(
                 f"SELECT count(*) FROM snapshot_rows WHERE {condition}", [dataset]
             ).fetchone()
@@ -329,19 +354,54 @@ class StateStore:
 
     def snapshot_rows(self, dataset: str, keys: Iterable[Any] | None = None) -> dict[str, str]:
         """key -> payload JSON of the stored snapshot, for all keys or the given ones."""
+        return dict(self._select_snapshot(dataset, "s.payload", keys))
+
+    def snapshot_records(
+        self, dataset: str, keys: Iterable[Any] | None = None
+    ) -> dict[str, tuple[str, str | None]]:
+        """key -> (hash, payload JSON) of the stored snapshot, for all keys or the given ones."""
+        return {key: (content_hash, payload) for key, content_hash, payload
+                in self._select_snapshot(dataset, "s.hash, s.payload", keys)}
+
+    def snapshot_hashes(self, dataset: str, keys: Iterable[Any] | None = None) -> dict[str, str]:
+        """key -> content hash of the stored snapshot (no payloads: cheap for whole datasets)."""
+        return dict(self._select_snapshot(dataset, "s.hash", keys))
+
+    def _select_snapshot(self, dataset: str, columns: str, keys: Iterable[Any] | None) -> list[tuple[Any, ...]]:
+        wanted = None if keys is None else [_id(key) for key in keys]
+        if wanted == []:
+            return []
         with self._connect() as conn:
-            if keys is None:
-                result = conn.execute(
-                    "SELECT key, payload FROM snapshot_rows WHERE dataset = ?", [dataset]
+            if wanted is None:
+                return conn.execute(
+                    f"SELECT s.key, {columns} FROM snapshot_rows s WHERE s.dataset = ?", [dataset]
                 ).fetchall()
-            else:
-                conn.register("wanted", pd.DataFrame({"key": [_id(key) for key in keys]}, dtype=object))
-                result = conn.execute("""
-                    SELECT s.key, s.payload FROM snapshot_rows s
-                    JOIN (SELECT DISTINCT CAST(key AS VARCHAR) AS key FROM wanted) w ON s.key = w.key
-                    WHERE s.dataset = ?
-                """, [dataset]).fetchall()
-        return dict(result)
+            _key_table(conn, "wanted", wanted)
+            return conn.execute(
+                f"SELECT s.key, {columns} FROM snapshot_rows s JOIN wanted w ON s.key = w.key "
+                "WHERE s.dataset = ?", [dataset],
+            ).fetchall()
+
+    def compare_snapshots(self, dataset: str, reference: str) -> SnapshotDiff:
+        """How stored `dataset` differs from stored `reference` (e.g. a source snapshot against what the
+        target acknowledged): new = only in `dataset`, removed = only in `reference`. Equal to
+        `diff_snapshot(reference, <rows of dataset>)`, so `.dataset` is `reference`; stores nothing."""
+        with self._connect() as conn:
+            conn.execute(
+                "CREATE TEMP TABLE incoming AS SELECT key, hash FROM snapshot_rows WHERE dataset = ?", [dataset]
+            )
+            return self._classify(conn, reference, complete=True)
+
+    def pending_changes(self, dataset: str, reference: str) -> list[tuple[str, str]]:
+        """(key, hash) of the rows of `dataset` that are missing from `reference` or have another hash
+        there, by key: the records still to process when `reference` holds the hashes processed."""
+        with self._connect() as conn:
+            return conn.execute("""
+                SELECT d.key, d.hash FROM snapshot_rows d
+                LEFT JOIN (SELECT key, hash FROM snapshot_rows WHERE dataset = $reference) r ON r.key = d.key
+                WHERE d.dataset = $dataset AND (r.key IS NULL OR r.hash <> d.hash)
+                ORDER BY d.key
+            """, {"dataset": dataset, "reference": reference}).fetchall()
 
     def snapshot_keys(self, dataset: str) -> set[str]:
         with self._connect() as conn:
@@ -379,6 +439,10 @@ class StateStore:
         """Classify every key in SQL (a hash join, not a Python loop) into the temp table `diff`.
         `complete`: the incoming rows are the whole dataset, so stored keys missing from them are removed."""
         self._load_incoming(conn, frame)
+        return self._classify(conn, dataset, complete=complete)
+
+    def _classify(self, conn: duckdb.DuckDBPyConnection, dataset: str, *, complete: bool) -> SnapshotDiff:
+        """The diff of the temp table `incoming` (key, hash) against the stored `dataset`."""
         join = "FULL OUTER JOIN" if complete else "LEFT JOIN"
         conn.execute(f"""
             CREATE TEMP TABLE diff AS
@@ -482,22 +546,62 @@ class StateStore:
         return len(rows)
 
     def get_mapping(self, kind: str, billbee_id: str | int) -> IdMapping | None:
+        billbee_id = _id(billbee_id)
+        return self.get_mappings(kind, [billbee_id]).get(billbee_id)
+
+    def get_mappings(self, kind: str, billbee_ids: Iterable[str | int]) -> dict[str, IdMapping]:
+        """`get_mapping` for many ids in one transaction: billbee_id -> mapping, for those that have one."""
+        wanted = [_id(key) for key in billbee_ids]
+        if not wanted:
+            return {}
         with self._connect() as conn:
-            row = conn.execute(
-                "SELECT kind, billbee_id, pulpo_id, extra, updated_at FROM id_mappings "
-                "WHERE kind = ? AND billbee_id = ?", [kind, _id(billbee_id)]
-            ).fetchone()
-        return _mapping(row) if row else None
+            _key_table(conn, "wanted", wanted)
+            rows = conn.execute(
+                f"SELECT {_MAPPING_COLUMNS} FROM id_mappings m JOIN wanted w ON m.billbee_id = w.key "
+                "WHERE m.kind = ?", [kind],
+            ).fetchall()
+        return {row[1]: _mapping(row) for row in rows}
 
     def get_mapping_by_pulpo(self, kind: str, pulpo_id: str | int) -> IdMapping | None:
         """The mapping for a PULPO id (the most recent one if several Billbee ids point to it)."""
+        pulpo_id = _id(pulpo_id)
+        found = self.get_mappings_by_pulpo(kind, [pulpo_id]).get(pulpo_id)
+        return found[0] if found else None
+
+    def get_mappings_by_pulpo(self, kind: str, pulpo_ids: Iterable[str | int]) -> dict[str, list[IdMapping]]:
+        """PULPO id -> every mapping pointing to it, most recent first (ties by Billbee id), for the PULPO
+        ids that have one. Several Billbee records can point to one PULPO record."""
+        wanted = [_id(key) for key in pulpo_ids]
+        if not wanted:
+            return {}
         with self._connect() as conn:
-            row = conn.execute(
-                "SELECT kind, billbee_id, pulpo_id, extra, updated_at FROM id_mappings "
-                "WHERE kind = ? AND pulpo_id = ? ORDER BY updated_at DESC, billbee_id LIMIT 1",
-                [kind, _id(pulpo_id)],
-            ).fetchone()
-        return _mapping(row) if row else None
+            _key_table(conn, "wanted", wanted)
+            rows = conn.execute(
+                f"SELECT {_MAPPING_COLUMNS} FROM id_mappings m JOIN wanted w ON m.pulpo_id = w.key "
+                "WHERE m.kind = ? ORDER BY m.updated_at DESC, m.billbee_id", [kind],
+            ).fetchall()
+        found: dict[str, list[IdMapping]] = {}
+        for row in rows:
+            found.setdefault(row[2], []).append(_mapping(row))
+        return found
+
+    def mappings_by_extra(self, kind: str, field: str, values: Iterable[str | int]) -> dict[str, IdMapping]:
+        """value -> the mapping whose `extra[field]`, as text, is that value (the most recent one, ties by
+        Billbee id, if several), for the values found: e.g. SKU -> product mapping."""
+        if not _EXTRA_FIELD.fullmatch(field):
+            raise ValueError(f"extra field names are identifiers, not {field!r}")
+        wanted = [_id(value) for value in values]
+        if not wanted:
+            return {}
+        with self._connect() as conn:
+            _key_table(conn, "wanted", wanted)
+            rows = conn.execute(f"""
+                SELECT w.key, {_MAPPING_COLUMNS} FROM id_mappings m
+                JOIN wanted w ON json_extract_string(m.extra, $path) = w.key
+                WHERE m.kind = $kind
+                QUALIFY row_number() OVER (PARTITION BY w.key ORDER BY m.updated_at DESC, m.billbee_id) = 1
+            """, {"kind": kind, "path": f'$."{field}"'}).fetchall()
+        return {row[0]: _mapping(row[1:]) for row in rows}
 
     def mappings(self, kind: str) -> dict[str, str]:
         """billbee_id -> pulpo_id for every mapping of `kind`."""
@@ -522,20 +626,38 @@ class StateStore:
     ) -> LedgerEntry:
         """Record that a write identified by the idempotency `key` is about to be sent: status 'pending',
         attempts + 1. `request` is a summary for humans and retries; never put credentials in it."""
+        key = _id(key)
+        return self.ledger_begin_many(integration, [(key, action, request)])[key]
+
+    def ledger_begin_many(
+        self, integration: str, items: Iterable[LedgerStart | tuple[Any, ...]]
+    ) -> dict[str, LedgerEntry]:
+        """`ledger_begin` for many `(key, action, request)` in one transaction: key -> entry, with
+        `previous_status`. Keys must be unique (beginning one write twice at once is a bug)."""
+        starts = [LedgerStart(_id(item[0]), *item[1:]) for item in items]
+        keys = _unique([start.key for start in starts], "ledger")
+        if not keys:
+            return {}
+        columns = {"key": keys, "action": [str(start.action) for start in starts],
+                   "request": [_dumps(start.request) for start in starts]}
         now = _now()
         with self._connect() as conn:
-            previous = conn.execute("SELECT status FROM ledger WHERE key = ?", [key]).fetchone()
+            _columns_table(conn, "begun", columns)
+            previous = dict(conn.execute(
+                "SELECT key, status FROM ledger WHERE key IN (SELECT key FROM begun)"
+            ).fetchall())
             conn.execute("""
                 INSERT INTO ledger
                     (key, integration, action, status, attempts, request, created_at, updated_at)
-                VALUES (?, ?, ?, 'pending', 1, ?, ?, ?)
+                SELECT key, $integration, action, 'pending', 1, request, $now, $now FROM begun
                 ON CONFLICT (key) DO UPDATE SET status = 'pending', attempts = attempts + 1,
                     integration = excluded.integration, action = excluded.action, request = excluded.request,
                     updated_at = excluded.updated_at, finished_at = NULL
-            """, [key, integration, action, _dumps(request), now, now])
-            row = conn.execute(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key = ?", [key]).fetchone()
-        assert row is not None
-        return _ledger_entry(row, previous[0] if previous else None)
+            """, {"integration": integration, "now": now})
+            rows = conn.execute(
+                f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key IN (SELECT key FROM begun)"
+            ).fetchall()
+        return {row[0]: _ledger_entry(row, previous.get(row[0])) for row in rows}
 
     def ledger_finish(
         self,
@@ -545,27 +667,63 @@ class StateStore:
         remote_id: str | int | None = None,
         message: str | None = None,
     ) -> LedgerEntry:
-        """Record the result of a write begun with `ledger_begin`: done, failed, attention or skipped."""
-        if status not in FINISHED_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(sorted(FINISHED_STATUSES))}, not {status!r}")
-        now = _now()
-        remote = None if remote_id is None else _id(remote_id)
+        """Record the result of a write begun with `ledger_begin`: done, failed, attention or skipped.
+        A `remote_id` of None keeps the one recorded before."""
+        key = _id(key)
+        return self.ledger_finish_many([(key, status, outcome, remote_id, message)])[key]
+
+    def ledger_finish_many(self, items: Iterable[LedgerFinish | tuple[Any, ...]]) -> dict[str, LedgerEntry]:
+        """`ledger_finish` for many `(key, status, outcome, remote_id, message)` (the last three
+        optional) in one transaction: key -> entry. Keys must be unique and begun; otherwise nothing is
+        recorded (ValueError / KeyError)."""
+        finishes = [LedgerFinish(_id(item[0]), *item[1:]) for item in items]
+        keys = _unique([finish.key for finish in finishes], "ledger")
+        if not keys:
+            return {}
+        for finish in finishes:
+            if finish.status not in FINISHED_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(sorted(FINISHED_STATUSES))}, "
+                                 f"not {finish.status!r}")
+        columns = {
+            "key": keys,
+            "status": [finish.status for finish in finishes],
+            "outcome": [_dumps(finish.outcome) for finish in finishes],
+            "remote_id": [None if finish.remote_id is None else _id(finish.remote_id) for finish in finishes],
+            "message": [None if finish.message is None else str(finish.message) for finish in finishes],
+        }
         with self._connect() as conn:
-            if conn.execute("SELECT 1 FROM ledger WHERE key = ?", [key]).fetchone() is None:
-                raise KeyError(f"no ledger entry {key!r}; call ledger_begin first")
+            _columns_table(conn, "finished", columns)
+            unknown = conn.execute(
+                "SELECT key FROM finished WHERE key NOT IN (SELECT key FROM ledger) ORDER BY key LIMIT 1"
+            ).fetchone()
+            if unknown is not None:
+                raise KeyError(f"no ledger entry {unknown[0]!r}; call ledger_begin first")
             conn.execute("""
-                UPDATE ledger SET status = ?, outcome = ?, remote_id = coalesce(?, remote_id), message = ?,
-                    updated_at = ?, finished_at = ?
-                WHERE key = ?
-            """, [status, _dumps(outcome), remote, message, now, now, key])
-            row = conn.execute(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key = ?", [key]).fetchone()
-        assert row is not None
-        return _ledger_entry(row)
+                UPDATE ledger SET status = f.status, outcome = f.outcome,
+                    remote_id = coalesce(f.remote_id, ledger.remote_id), message = f.message,
+                    updated_at = $now, finished_at = $now
+                FROM finished f WHERE ledger.key = f.key
+            """, {"now": _now()})
+            rows = conn.execute(
+                f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key IN (SELECT key FROM finished)"
+            ).fetchall()
+        return {row[0]: _ledger_entry(row) for row in rows}
 
     def ledger_get(self, key: str) -> LedgerEntry | None:
+        key = _id(key)
+        return self.ledger_get_many([key]).get(key)
+
+    def ledger_get_many(self, keys: Iterable[str]) -> dict[str, LedgerEntry]:
+        """key -> entry for the given keys that have one, in one transaction."""
+        wanted = [_id(key) for key in keys]
+        if not wanted:
+            return {}
         with self._connect() as conn:
-            row = conn.execute(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key = ?", [key]).fetchone()
-        return _ledger_entry(row) if row else None
+            _key_table(conn, "wanted", wanted)
+            rows = conn.execute(
+                f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key IN (SELECT key FROM wanted)"
+            ).fetchall()
+        return {row[0]: _ledger_entry(row) for row in rows}
 
     def ledger_entries(
         self, integration: str | None = None, status: str | None = None, limit: int | None = None
@@ -608,6 +766,13 @@ class StateStore:
         return self._quarantine_upsert(integration, kind, {_id(k): v for k, v in current.items()},
                                        resolve_others=True)
 
+    def quarantine_put_many(self, integration: str, kind: str, records: Mapping[Any, tuple[str, Any]]) -> int:
+        """`quarantine_put` for many record_key -> (reason, payload) in one transaction; other open
+        entries stay (unlike `quarantine_sync`). Returns how many were opened (first time or reopened)."""
+        if not records:
+            return 0
+        return self._quarantine_upsert(integration, kind, {_id(k): v for k, v in records.items()})["new"]
+
     def _quarantine_upsert(
         self, integration: str, kind: str, records: dict[str, tuple[str, Any]], resolve_others: bool = False
     ) -> dict[str, int]:
@@ -649,12 +814,40 @@ class StateStore:
 
     def quarantine_resolve(self, integration: str, record_key: str | int, *, kind: str | None = None) -> bool:
         """Mark the open entry (of any kind unless given) resolved, kept for history; False if none."""
-        condition = "integration = ? AND record_key = ? AND (? IS NULL OR kind = ?) AND resolved_at IS NULL"
-        params = [integration, _id(record_key), kind, kind]
+        return bool(self.quarantine_resolve_many(integration, [record_key], kind=kind))
+
+    def quarantine_resolve_many(
+        self, integration: str, record_keys: Iterable[str | int], *, kind: str | None = None
+    ) -> set[str]:
+        """`quarantine_resolve` for many keys in one transaction; returns the keys that had an open entry."""
+        wanted = [_id(key) for key in record_keys]
+        if not wanted:
+            return set()
+        condition = """integration = $integration AND ($kind IS NULL OR kind = $kind) AND resolved_at IS NULL
+                       AND record_key IN (SELECT key FROM wanted)"""
+        params = {"integration": integration, "kind": kind}
         with self._connect() as conn:
-            found = conn.execute(f"SELECT count(*) FROM quarantine WHERE {condition}", params).fetchone()
-            conn.execute(f"UPDATE quarantine SET resolved_at = ? WHERE {condition}", [_now(), *params])
-        return bool(found and found[0])
+            _key_table(conn, "wanted", wanted)
+            found = conn.execute(f"SELECT DISTINCT record_key FROM quarantine WHERE {condition}", params).fetchall()
+            conn.execute(f"UPDATE quarantine SET resolved_at = $now WHERE {condition}", {**params, "now": _now()})
+        return {key for (key,) in found}
+
+    def quarantine_open_keys(
+        self, integration: str, *, kind: str | None = None, record_keys: Iterable[str | int] | None = None
+    ) -> set[str]:
+        """Keys with an open entry (of any kind unless given), among `record_keys` if given: membership
+        without loading reasons and payloads."""
+        wanted = None if record_keys is None else [_id(key) for key in record_keys]
+        if wanted == []:
+            return set()
+        query = ("SELECT DISTINCT record_key FROM quarantine WHERE integration = $integration "
+                 "AND ($kind IS NULL OR kind = $kind) AND resolved_at IS NULL")
+        with self._connect() as conn:
+            if wanted is not None:
+                _key_table(conn, "wanted", wanted)
+                query += " AND record_key IN (SELECT key FROM wanted)"
+            rows = conn.execute(query, {"integration": integration, "kind": kind}).fetchall()
+        return {key for (key,) in rows}
 
     def quarantine_list(
         self,
@@ -715,6 +908,29 @@ class StateStore:
             "cursors": cursors,
             "mappings": mappings,
         }
+
+
+_MAPPING_COLUMNS = "m.kind, m.billbee_id, m.pulpo_id, m.extra, m.updated_at"
+_EXTRA_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _key_table(conn: duckdb.DuckDBPyConnection, name: str, keys: list[str]) -> None:
+    """Temp table `name` (key VARCHAR) of the distinct `keys`: one side of a hash join, so a lookup of
+    10,000 ids is one statement."""
+    conn.execute(f"CREATE TEMP TABLE {name} AS SELECT DISTINCT unnest($keys::VARCHAR[]) AS key", {"keys": keys})
+
+
+def _columns_table(conn: duckdb.DuckDBPyConnection, name: str, columns: dict[str, list[str | None]]) -> None:
+    """Temp table `name` of VARCHAR columns from equally long lists (bound as list parameters)."""
+    select = ", ".join(f"unnest(${column}::VARCHAR[]) AS {column}" for column in columns)
+    conn.execute(f"CREATE TEMP TABLE {name} AS SELECT {select}", columns)
+
+
+def _unique(keys: list[str], what: str) -> list[str]:
+    if len(set(keys)) != len(keys):
+        repeated = Counter(keys).most_common(1)[0][0]
+        raise ValueError(f"repeated {what} key {repeated!r} in one batch")
+    return keys
 
 
 def _mapping(row: tuple[Any, ...]) -> IdMapping:

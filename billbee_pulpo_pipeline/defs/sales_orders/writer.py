@@ -30,12 +30,11 @@ SIGKILL) right after that PULPO write and before its ledger record. Only the cra
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from billbee_pulpo_pipeline.clients.billbee.states import ORDER_STATES
@@ -53,7 +52,7 @@ from billbee_pulpo_pipeline.defs.common import (
     preview_table,
 )
 from billbee_pulpo_pipeline.mapping import orders as om
-from billbee_pulpo_pipeline.state import StateStore
+from billbee_pulpo_pipeline.state import IdMapping, LedgerEntry, LedgerFinish, StateStore
 
 ORDERS = "billbee_orders"
 PROCESSED = "pulpo_orders_processed"
@@ -71,141 +70,6 @@ class WriteConfig(dg.Config):
 
     dry_run: bool = Field(False, description="Compute and show what would be written (metadata `plan`); "
                                              "write nothing to PULPO, the ledger or the mappings.")
-
-
-# --------------------------------------------------------------------------------------------------
-# Batched state-store access
-
-
-class OrderState:
-    """The writer's batched reads and writes on the state store.
-
-    The store's public ledger and quarantine methods take one record per transaction (tens of ms
-    each); 10,000 orders need set-based statements. These run in the store's own locked
-    transaction with the same semantics as `ledger_begin`/`ledger_finish`/`quarantine_put`.
-    Candidates for `StateStore` itself."""
-
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
-
-    def _frame(self, conn: Any, name: str, **columns: Sequence[Any]) -> None:
-        conn.register(name, pd.DataFrame({k: list(v) for k, v in columns.items()}, dtype=object))
-
-    def pending(self, orders: str, processed: str) -> list[tuple[str, str]]:
-        """(key, hash) of the orders whose latest hash was not processed yet."""
-        with self.store._connect() as conn:
-            return conn.execute("""
-                SELECT o.key, o.hash FROM snapshot_rows o
-                LEFT JOIN (SELECT key, hash FROM snapshot_rows WHERE dataset = $processed) p ON p.key = o.key
-                WHERE o.dataset = $orders AND (p.key IS NULL OR p.hash <> o.hash)
-                ORDER BY o.key
-            """, {"orders": orders, "processed": processed}).fetchall()
-
-    def mappings(self, kind: str, keys: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-        """billbee_id -> (pulpo_id, extra) for the given keys."""
-        keys = list(keys)
-        if not keys:
-            return {}
-        with self.store._connect() as conn:
-            self._frame(conn, "wanted", key=keys)
-            rows = conn.execute("""SELECT billbee_id, pulpo_id, extra FROM id_mappings
-                                   WHERE kind = ? AND billbee_id IN (SELECT CAST(key AS VARCHAR) FROM wanted)""",
-                                [kind]).fetchall()
-        return {b: (p, json.loads(e) if e else {}) for b, p, e in rows}
-
-    def products_by_sku(self, kind: str, skus: Iterable[str]) -> dict[str, int]:
-        """SKU -> PULPO product id from the product mapping (its extra holds the SKU)."""
-        skus = sorted(set(skus))
-        if not skus:
-            return {}
-        with self.store._connect() as conn:
-            self._frame(conn, "wanted", sku=skus)
-            rows = conn.execute("""
-                SELECT json_extract_string(extra, '$.sku') AS sku, max(pulpo_id) FROM id_mappings
-                WHERE kind = ? AND json_extract_string(extra, '$.sku') IN (SELECT CAST(sku AS VARCHAR) FROM wanted)
-                GROUP BY 1""", [kind]).fetchall()
-        return {sku: int(pid) for sku, pid in rows if str(pid).isdigit()}
-
-    def ledger_state(self, keys: Iterable[str]) -> dict[str, tuple[str, dict[str, Any], str | None, str | None]]:
-        """key -> (status, request, remote_id, message) of existing ledger entries."""
-        keys = list(keys)
-        if not keys:
-            return {}
-        with self.store._connect() as conn:
-            self._frame(conn, "wanted", key=keys)
-            rows = conn.execute("""SELECT key, status, request, remote_id, message FROM ledger
-                                   WHERE key IN (SELECT CAST(key AS VARCHAR) FROM wanted)""").fetchall()
-        return {k: (s, json.loads(r) if r else {}, rid, m) for k, s, r, rid, m in rows}
-
-    def ledger_begin(self, integration: str, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
-        """`ledger_begin` for many (key, action, request): status 'pending', attempts + 1."""
-        if not items:
-            return
-        with self.store._connect() as conn:
-            self._frame(conn, "begun", key=[i[0] for i in items], action=[i[1] for i in items],
-                        request=[canonical_json(i[2]) for i in items])
-            conn.execute("""
-                INSERT INTO ledger (key, integration, action, status, attempts, request, created_at, updated_at)
-                SELECT CAST(key AS VARCHAR), $integration, CAST(action AS VARCHAR), 'pending', 1,
-                       CAST(request AS VARCHAR), now()::TIMESTAMP, now()::TIMESTAMP FROM begun
-                ON CONFLICT (key) DO UPDATE SET status = 'pending', attempts = attempts + 1,
-                    integration = excluded.integration, action = excluded.action, request = excluded.request,
-                    updated_at = excluded.updated_at, finished_at = NULL
-            """, {"integration": integration})
-
-    def ledger_finish(self, items: Sequence[tuple[str, str, dict[str, Any] | None, str | None, str | None]]) -> None:
-        """`ledger_finish` for many (key, status, outcome, remote_id, message)."""
-        if not items:
-            return
-        with self.store._connect() as conn:
-            self._frame(conn, "finished", key=[i[0] for i in items], status=[i[1] for i in items],
-                        outcome=[canonical_json(i[2]) if i[2] is not None else None for i in items],
-                        remote_id=[i[3] for i in items], message=[i[4] for i in items])
-            conn.execute("""
-                UPDATE ledger SET status = CAST(f.status AS VARCHAR), outcome = CAST(f.outcome AS VARCHAR),
-                    remote_id = coalesce(CAST(f.remote_id AS VARCHAR), ledger.remote_id),
-                    message = CAST(f.message AS VARCHAR), updated_at = now()::TIMESTAMP,
-                    finished_at = now()::TIMESTAMP
-                FROM finished f WHERE ledger.key = CAST(f.key AS VARCHAR)
-            """)
-
-    def quarantine_put(self, integration: str, records: Mapping[str, tuple[str, Any]]) -> None:
-        if records:
-            self.store._quarantine_upsert(integration, QUARANTINE_KIND, dict(records))
-
-    def quarantine_resolve(self, integration: str, keys: Iterable[str]) -> None:
-        keys = list(keys)
-        if not keys:
-            return
-        with self.store._connect() as conn:
-            self._frame(conn, "solved", key=keys)
-            conn.execute("""UPDATE quarantine SET resolved_at = now()::TIMESTAMP
-                            WHERE integration = ? AND kind = ? AND resolved_at IS NULL
-                              AND record_key IN (SELECT CAST(key AS VARCHAR) FROM solved)""",
-                         [integration, QUARANTINE_KIND])
-
-    def unaccounted(self, integration: str, order_kind: str, processed: str, keys: Sequence[str]) -> list[str]:
-        """Of `keys` (importable orders), those neither in PULPO (order mapping) nor in open quarantine
-        nor processed as skipped with a reason."""
-        if not keys:
-            return []
-        with self.store._connect() as conn:
-            self._frame(conn, "importable", key=keys)
-            rows = conn.execute("""
-                SELECT CAST(i.key AS VARCHAR) AS k FROM importable i
-                WHERE NOT EXISTS (SELECT 1 FROM id_mappings m WHERE m.kind = $kind
-                                    AND m.billbee_id = CAST(i.key AS VARCHAR))
-                  AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.integration = $integration
-                                    AND q.kind = $qkind AND q.record_key = CAST(i.key AS VARCHAR)
-                                    AND q.resolved_at IS NULL)
-                  AND NOT EXISTS (SELECT 1 FROM snapshot_rows p WHERE p.dataset = $processed
-                                    AND p.key = CAST(i.key AS VARCHAR)
-                                    AND json_extract_string(p.payload, '$.result') = 'skipped'
-                                    AND json_extract_string(p.payload, '$.reason') IS NOT NULL)
-                ORDER BY k
-            """, {"kind": order_kind, "integration": integration, "qkind": QUARANTINE_KIND,
-                  "processed": processed}).fetchall()
-        return [k for (k,) in rows]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,7 +162,6 @@ class OrderWriter:
         self.settings: SalesOrdersSettings = flow.integration.settings  # type: ignore[assignment]
         self.client = client
         self.store = store
-        self.state = OrderState(store)
         self.dry_run = dry_run
         self.log = log or logging.getLogger(__name__)
         self.report = Report()
@@ -326,10 +189,9 @@ class OrderWriter:
     # ---- run ----------------------------------------------------------------------------------------
 
     def run(self) -> Report:
-        pending = self.state.pending(self.flow.dataset(ORDERS), self.flow.dataset(PROCESSED))
+        pending = self.store.pending_changes(self.flow.dataset(ORDERS), self.flow.dataset(PROCESSED))
         self.report.read = len(pending)
-        self.open_quarantine = {e.record_key for e in self.store.quarantine_list(self.integration,
-                                                                                 kind=QUARANTINE_KIND)}
+        self.open_quarantine = self.store.quarantine_open_keys(self.integration, kind=QUARANTINE_KIND)
         for chunk in chunks(pending, CHUNK):
             if self._halted:
                 self.report.counts["failed"] += len(chunk)
@@ -350,11 +212,20 @@ class OrderWriter:
     def halted(self) -> str | None:
         return self._halted
 
+    def unaccounted(self) -> list[str]:
+        """The importable orders of this run that are neither in PULPO (order mapping), nor in open
+        quarantine, nor processed as skipped with a reason."""
+        keys = set(self.report.importable)
+        keys -= set(self.store.get_mappings(self.order_kind, keys))
+        keys -= self.store.quarantine_open_keys(self.integration, kind=QUARANTINE_KIND, record_keys=keys)
+        processed = self.store.snapshot_rows(self.flow.dataset(PROCESSED), keys)
+        return sorted(key for key in keys if not _skipped_with_reason(processed.get(key)))
+
     def _process(self, chunk: Sequence[tuple[str, str]]) -> None:
         payloads = self.store.snapshot_rows(self.flow.dataset(ORDERS), [k for k, _ in chunk])
         jobs = [Job(key, h, om.fields_from_payload(payloads[key])) for key, h in chunk if key in payloads]
-        mapped = self.state.mappings(self.order_kind, [j.key for j in jobs])
-        ledger = self.state.ledger_state([f"order:{a}:{j.key}" for j in jobs for a in ("create", "cancel")])
+        mapped = self.store.get_mappings(self.order_kind, [j.key for j in jobs])
+        ledger = self.store.ledger_get_many([f"order:{a}:{j.key}" for j in jobs for a in ("create", "cancel")])
         jobs = [j for j in jobs if self._classify(j, mapped.get(j.key), ledger)]
         self._prepare_payloads([j for j in jobs if j.action in ("create", "update")])
         jobs = [j for j in jobs if j.action]
@@ -363,7 +234,7 @@ class OrderWriter:
                 self._plan(job, f"would {job.action}", "if PULPO still has it in queue" if job.action == "update"
                            else "")
             return
-        ledger.update(self.state.ledger_state([j.ledger_key for j in jobs if j.action == "update"]))
+        ledger.update(self.store.ledger_get_many([j.ledger_key for j in jobs if j.action == "update"]))
         self._creates([j for j in jobs if j.action == "create"], ledger)
         for job in jobs:
             if job.action == "cancel":
@@ -373,11 +244,11 @@ class OrderWriter:
 
     # ---- what to do with an order -------------------------------------------------------------------
 
-    def _classify(self, job: Job, mapped: tuple[str, dict[str, Any]] | None, ledger: Mapping[str, Any]) -> bool:
+    def _classify(self, job: Job, mapped: IdMapping | None, ledger: Mapping[str, LedgerEntry]) -> bool:
         """Set `job.action`, or settle the order here; False when settled."""
         state = job.fields.get("state")
         if mapped is not None:
-            job.pulpo_id, job.mapped_extra = mapped
+            job.pulpo_id, job.mapped_extra = mapped.pulpo_id, mapped.extra or {}
         pulpo_state = job.mapped_extra.get("state")
         if state in self.import_ids:
             self.report.importable.append(job.key)
@@ -392,7 +263,7 @@ class OrderWriter:
             return True
         if state in self.cancel_ids:
             if mapped is None:
-                if ledger.get(f"order:create:{job.key}", ("",))[0] != "pending":
+                if _ledger_view(ledger.get(f"order:create:{job.key}"))[0] != "pending":
                     return self._skip(job, "not in PULPO")
                 job.action = "cancel"  # a crashed create may have left it in PULPO: _cancel looks
                 return True
@@ -418,8 +289,8 @@ class OrderWriter:
         products = self._products({line.sku: line.billbee_product_id for j in ready for line in j.lines})
         if self.settings.customer == "per_customer":
             ids = {str(c["id"]) for j in ready if (c := j.fields.get("customer")) and c.get("id")}
-            known = self.state.mappings(self.customer_kind, ids - set(self._customers))
-            self._customers.update({k: int(v[0]) for k, v in known.items()})
+            known = self.store.get_mappings(self.customer_kind, ids - set(self._customers))
+            self._customers.update({k: int(m.pulpo_id) for k, m in known.items()})
         for job in ready:
             missing = sorted({line.sku for line in job.lines if products.get(line.sku) is None})
             if missing:
@@ -437,7 +308,8 @@ class OrderWriter:
 
     def _products(self, wanted: Mapping[str, str | None]) -> dict[str, int | None]:
         """SKU -> PULPO product id: the product mapping, else one PULPO lookup per SKU and run."""
-        found: dict[str, int | None] = self.state.products_by_sku(self.product_kind, wanted)
+        mapped = self.store.mappings_by_extra(self.product_kind, "sku", wanted)
+        found: dict[str, int | None] = {sku: int(m.pulpo_id) for sku, m in mapped.items() if m.pulpo_id.isdigit()}
         for sku, billbee_id in wanted.items():
             if sku in found:
                 continue
@@ -488,22 +360,22 @@ class OrderWriter:
             self._tenant_id = self.client.check_connection().tenant_id
         key = f"customer:create:{customer['id']}"
         payload = om.customer_payload(customer, self._tenant_id)
-        self.state.ledger_begin(self.integration, [(key, "create_customer", {"erp_id": payload["erp_id"]})])
+        self.store.ledger_begin(key, self.integration, "create_customer", {"erp_id": payload["erp_id"]})
         try:
             party = self.client.create_third_party(payload)
         except RequestRejectedError as exc:
-            self.state.ledger_finish([(key, "failed", None, None, exc.reason)])
+            self.store.ledger_finish(key, "failed", message=exc.reason)
             self.log.warning(f"PULPO refused customer {customer['id']}: {exc.reason}")
             return None
-        self.state.ledger_finish([(key, "done", {"id": party.id}, str(party.id), None)])
+        self.store.ledger_finish(key, "done", {"id": party.id}, str(party.id))
         return party.id
 
     # ---- creates ------------------------------------------------------------------------------------
 
-    def _creates(self, jobs: list[Job], ledger: Mapping[str, Any]) -> None:
+    def _creates(self, jobs: list[Job], ledger: Mapping[str, LedgerEntry]) -> None:
         to_send: list[Job] = []
         for job in jobs:
-            status, request, remote_id, message = ledger.get(job.ledger_key, (None, {}, None, None))
+            status, request, remote_id, message = _ledger_view(ledger.get(job.ledger_key))
             if status == "done" and remote_id:  # in PULPO and the ledger; only the mapping was lost
                 self._adopt(job, remote_id, "adopted", sent_hash=request.get("payload_hash"))
             elif status == "pending":
@@ -515,19 +387,19 @@ class OrderWriter:
                 to_send.append(job)
         # One ledger transaction for all creates of the chunk before the first call and one after the
         # last: a crash in between leaves them 'pending', and the next run looks each one up first.
-        self.state.ledger_begin(self.integration, [(j.ledger_key, "create", {
+        self.store.ledger_begin_many(self.integration, [(j.ledger_key, "create", {
             "order_num": j.order_num, "payload_hash": j.payload_hash, "lines": len(j.lines)}) for j in to_send])
-        finished: list[tuple[str, str, dict[str, Any] | None, str | None, str | None]] = []
+        finished: list[LedgerFinish] = []
         taken: list[Job] = []
         try:
             for batch in _unique_batches(to_send, BULK_SIZE):
                 self._create_batch(batch, finished, taken)
         finally:
-            self.state.ledger_finish(finished)
+            self.store.ledger_finish_many(finished)
         for job in taken:  # our own earlier create, or another Billbee order's number
             found = self._find(job)
             if found is None:
-                self.state.ledger_finish([(job.ledger_key, "failed", None, None, "order_num taken")])
+                self.store.ledger_finish(job.ledger_key, "failed", message="order_num taken")
                 self._quarantine(job, f"PULPO says order number {job.order_num} is taken but cannot find it")
             else:
                 self._found(job, found, job.payload_hash)
@@ -549,16 +421,15 @@ class OrderWriter:
     def _found(self, job: Job, order: SalesOrder, sent_hash: str | None) -> None:
         """PULPO has an order with our order number: ours (adopt) or another Billbee order's."""
         if str(order.external_order_num or "") == job.key:
-            self.state.ledger_finish([(job.ledger_key, "done", {"id": order.id, "adopted": True},
-                                       str(order.id), None)])
+            self.store.ledger_finish(job.ledger_key, "done", {"id": order.id, "adopted": True}, str(order.id))
             self._adopt(job, str(order.id), "adopted", state=order.state, sent_hash=sent_hash)
             return
         reason = (f"order number {job.order_num} is already used in PULPO by order {order.id} "
                   f"(external_order_num {order.external_order_num}): rename one of them")
-        self.state.ledger_finish([(job.ledger_key, "failed", None, str(order.id), reason)])
+        self.store.ledger_finish(job.ledger_key, "failed", None, str(order.id), reason)
         self._quarantine(job, reason)
 
-    def _create_batch(self, batch: list[Job], finished: list[Any], taken: list[Job]) -> None:
+    def _create_batch(self, batch: list[Job], finished: list[LedgerFinish], taken: list[Job]) -> None:
         """Send one batch; ledger outcomes go to `finished`, number conflicts to `taken`."""
         try:
             if len(batch) == 1:
@@ -573,14 +444,14 @@ class OrderWriter:
         for job in batch:
             remote_id, reason, field_errors = results.get(job.order_num, (None, "no result from PULPO", {}))
             if remote_id is not None:
-                finished.append((job.ledger_key, "done", {"id": remote_id}, str(remote_id), None))
+                finished.append(LedgerFinish(job.ledger_key, "done", {"id": remote_id}, str(remote_id)))
                 self._adopt(job, str(remote_id), "created")
             elif "taken" in str(field_errors.get("order_num", "")):
                 taken.append(job)
             elif reason == "no result from PULPO":
                 self._fail(job, reason)     # left 'pending': the next run looks it up before creating
             else:
-                finished.append((job.ledger_key, "failed", None, None, reason))
+                finished.append(LedgerFinish(job.ledger_key, "failed", message=reason))
                 self._quarantine(job, f"PULPO rejected the order: {reason}")
 
     def _create_one(self, job: Job) -> dict[str, tuple[int | None, str | None, dict[str, str]]]:
@@ -605,17 +476,17 @@ class OrderWriter:
 
     # ---- cancel and update --------------------------------------------------------------------------
 
-    def _cancel(self, job: Job, ledger: Mapping[str, Any]) -> None:
-        status, _, _, message = ledger.get(job.ledger_key, (None, {}, None, None))
+    def _cancel(self, job: Job, ledger: Mapping[str, LedgerEntry]) -> None:
+        status, _, _, message = _ledger_view(ledger.get(job.ledger_key))
         if job.pulpo_id is None:   # not mapped: in PULPO only if a create crashed before its record
             found = self._find(job)
             create_key = f"order:create:{job.key}"
             if found is None or str(found.external_order_num or "") != job.key:
-                self.state.ledger_finish([(create_key, "skipped", None, None,
-                                           "not in PULPO; cancelled in Billbee before it was created")])
+                self.store.ledger_finish(create_key, "skipped",
+                                         message="not in PULPO; cancelled in Billbee before it was created")
                 self._skip(job, "not in PULPO")
                 return
-            self.state.ledger_finish([(create_key, "done", {"id": found.id, "adopted": True}, str(found.id), None)])
+            self.store.ledger_finish(create_key, "done", {"id": found.id, "adopted": True}, str(found.id))
             job.pulpo_id = str(found.id)
             self._map(job, found.state or "queue")
         if status == "done":
@@ -625,7 +496,7 @@ class OrderWriter:
         if status == "attention":   # refused before (ended): asking again changes nothing
             self._attention(job, message or "PULPO refused the cancellation", ledger_key=None)
             return
-        self.state.ledger_begin(self.integration, [(job.ledger_key, "cancel", {"pulpo_id": job.pulpo_id})])
+        self.store.ledger_begin(job.ledger_key, self.integration, "cancel", {"pulpo_id": job.pulpo_id})
         try:
             order = self.client.cancel_sales_order(int(job.pulpo_id))
         except (RequestRejectedError, NotFoundError) as exc:
@@ -637,7 +508,7 @@ class OrderWriter:
         except TransientApiError as exc:
             raise Halt(f"PULPO cancel failed: {exc.reason}") from exc
         crash_point("cancel")
-        self.state.ledger_finish([(job.ledger_key, "done", {"state": order.state}, job.pulpo_id, None)])
+        self.store.ledger_finish(job.ledger_key, "done", {"state": order.state}, job.pulpo_id)
         self._map(job, order.state or "cancelled")
         self._settle(job, "cancelled", remote=job.pulpo_id)
 
@@ -650,8 +521,8 @@ class OrderWriter:
             raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
         return order if order.state == "cancelled" else None
 
-    def _update(self, job: Job, ledger: Mapping[str, Any]) -> None:
-        status, _, _, message = ledger.get(job.ledger_key, (None, {}, None, None))
+    def _update(self, job: Job, ledger: Mapping[str, LedgerEntry]) -> None:
+        status, _, _, message = _ledger_view(ledger.get(job.ledger_key))
         if status == "done":
             self._map(job, job.mapped_extra.get("state") or "queue", job.payload_hash)
             self._settle(job, "updated", remote=job.pulpo_id)
@@ -659,8 +530,8 @@ class OrderWriter:
         if status == "attention":
             self._attention(job, message or "not updatable", ledger_key=None)
             return
-        self.state.ledger_begin(self.integration, [(job.ledger_key, "update", {"pulpo_id": job.pulpo_id,
-                                                                                "payload_hash": job.payload_hash})])
+        self.store.ledger_begin(job.ledger_key, self.integration, "update",
+                                {"pulpo_id": job.pulpo_id, "payload_hash": job.payload_hash})
         try:
             current = self.client.get_sales_order(int(job.pulpo_id))  # type: ignore[arg-type]
             if current.state != "queue":
@@ -674,7 +545,7 @@ class OrderWriter:
         except TransientApiError as exc:
             raise Halt(f"PULPO update failed: {exc.reason}") from exc
         crash_point("update")
-        self.state.ledger_finish([(job.ledger_key, "done", {"state": order.state}, job.pulpo_id, None)])
+        self.store.ledger_finish(job.ledger_key, "done", {"state": order.state}, job.pulpo_id)
         self._map(job, order.state or "queue", job.payload_hash)
         self._settle(job, "updated", remote=job.pulpo_id)
 
@@ -704,7 +575,7 @@ class OrderWriter:
     def _attention(self, job: Job, reason: str, *, ledger_key: str | None) -> bool:
         job.action = ""
         if ledger_key is not None:
-            self.state.ledger_finish([(ledger_key, "attention", None, job.pulpo_id, reason)])
+            self.store.ledger_finish(ledger_key, "attention", None, job.pulpo_id, reason)
         self.report.attention.append({"billbee_order_id": job.key, "order_num": job.order_num,
                                       "pulpo_id": job.pulpo_id or "", "reason": reason})
         if self.dry_run:
@@ -739,9 +610,10 @@ class OrderWriter:
                     self.store.put_mappings(kind, rows)
             if self.processed:
                 self.store.upsert_snapshot(self.flow.dataset(PROCESSED), self.processed)
-            self.state.quarantine_put(self.integration, self.quarantined)
-            self.state.quarantine_resolve(self.integration,
-                                          [k for k in self.settled if k in self.open_quarantine])
+            self.store.quarantine_put_many(self.integration, QUARANTINE_KIND, self.quarantined)
+            self.store.quarantine_resolve_many(self.integration,
+                                               [k for k in self.settled if k in self.open_quarantine],
+                                               kind=QUARANTINE_KIND)
         self._reset_buffers()
 
 
@@ -762,6 +634,18 @@ def _unique_batches(jobs: list[Job], size: int) -> Iterator[list[Job]]:
         waiting = rest
 
 
+def _ledger_view(entry: LedgerEntry | None) -> tuple[str | None, dict[str, Any], str | None, str | None]:
+    """(status, request, remote_id, message) of a ledger entry; (None, {}, None, None) without one."""
+    if entry is None:
+        return None, {}, None, None
+    return entry.status, entry.request or {}, entry.remote_id, entry.message
+
+
+def _skipped_with_reason(processed_payload: str | None) -> bool:
+    outcome = json.loads(processed_payload) if processed_payload else {}
+    return outcome.get("result") == "skipped" and outcome.get("reason") is not None
+
+
 def _state_name(state: Any) -> str:
     return ORDER_STATES.get(state, str(state)) if isinstance(state, int) else str(state)
 
@@ -773,8 +657,7 @@ def _state_name(state: Any) -> str:
 def accounted_check(writer: OrderWriter, flow: Flow) -> dg.AssetCheckResult:
     """Every importable order this run handled is in PULPO, in quarantine or skipped with a reason."""
     report = writer.report
-    missing = writer.state.unaccounted(writer.integration, writer.order_kind, flow.dataset(PROCESSED),
-                                       report.importable)
+    missing = writer.unaccounted()
     return dg.AssetCheckResult(
         check_name=CHECK,
         passed=not missing,
