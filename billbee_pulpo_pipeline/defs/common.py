@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from billbee_pulpo_pipeline.clients.http import CallStats
 from billbee_pulpo_pipeline.config import Credential, Integration, IntegrationConfig
@@ -122,6 +123,13 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
 
 def canonical_json(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class WriteConfig(dg.Config):
+    """Launchpad config of every write asset."""
+
+    dry_run: bool = Field(False, description="Compute and show what would be written (metadata `plan`); write "
+                                             "nothing to the target system, the ledger or the mappings.")
 
 
 class CallMeter:

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import quote
 
 import requests
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, TypeAdapter, ValidationError
 from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
@@ -94,6 +94,84 @@ class ResultPage(Generic[ModelT]):
     number: int
     items: list[ModelT]
     paging: Paging | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Lean product pages: the fast path of a full product scan
+
+# Ids stay exact: a JSON integer (never a float: 17 digits do not survive one) or a string of digits.
+LeanId = Annotated[int, Strict()] | Annotated[str, Strict(), StringConstraints(strip_whitespace=True,
+                                                                             pattern=r"^\d+$")]
+
+
+class _Lean(BaseModel):
+    """Only the fields a consumer names; everything else in Billbee's answer is skipped unread."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+
+class LeanText(_Lean):
+    Text: str | None = None
+    LanguageCode: str | None = None
+
+
+class LeanBomItem(_Lean):
+    Amount: float | None = None
+    ArticleId: LeanId | None = None
+    SKU: str | None = None
+
+
+class LeanProduct(_Lean):
+    """The product fields the products flow transfers (a subset of `Product`, same names)."""
+
+    Id: LeanId
+    SKU: str | None = None
+    EAN: str | None = None
+    Title: list[LeanText] | None = None
+    Type: int | None = None
+    BillOfMaterial: list[LeanBomItem] | None = None
+    Weight: int | float | None = None
+    LengthCm: float | None = None
+    WidthCm: float | None = None
+    HeightCm: float | None = None
+    TaricNumber: str | None = None
+    CountryOfOrigin: str | None = None
+    IsDeactivated: bool | None = None
+
+
+class _LeanProductEnvelope(_Lean):
+    Data: list[LeanProduct] | None = None
+    paging: Paging | None = Field(None, alias="Paging")
+    ErrorCode: Any = None
+    ErrorMessage: Any = None
+    ErrorDescription: Any = None
+
+
+_LEAN_PRODUCT_PAGE = TypeAdapter(_LeanProductEnvelope)
+_ENVELOPE_FIELDS = frozenset({"Data", "ErrorCode", "ErrorMessage"})
+
+
+def _lean_product_page(body: bytes) -> tuple[list[LeanProduct], Paging | None]:
+    """Items and paging of a product page read by the lean path, with the regular envelope checks."""
+    try:
+        envelope = _LEAN_PRODUCT_PAGE.validate_json(body)
+    except ValidationError:
+        envelope = None
+    if envelope is None or not envelope.model_fields_set & _ENVELOPE_FIELDS:
+        # Not an envelope we can read fast (empty, HTML, a bare list, bad Data): the regular path
+        # raises the same errors `iter_product_pages` would, or reads an odd but valid answer.
+        try:
+            parsed = json.loads(body) if body.strip() else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            excerpt = " ".join(body[:200].decode("utf-8", "replace").split()) or "an empty answer"
+            raise _transient("GET", "/products", f"unreadable answer: {excerpt}", status=200)
+        raw_items, paging = unwrap_page(parsed, "GET", "/products")
+        return [LeanProduct.model_validate(item) for item in raw_items], paging
+    unwrap_envelope({"ErrorCode": envelope.ErrorCode, "ErrorMessage": envelope.ErrorMessage,
+                     "ErrorDescription": envelope.ErrorDescription}, "GET", "/products")
+    return envelope.Data or [], envelope.paging
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,8 +469,9 @@ class BillbeeClient:
     # ---- transport ---------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                 json_body: Any = None, template: str | None = None) -> requests.Response:
-        """One logical request: pace, send with retries, raise for non-2xx answers."""
+                 json_body: Any = None, template: str | None = None, stream: bool = False) -> requests.Response:
+        """One logical request: pace, send with retries, raise for non-2xx answers. `stream` leaves
+        the body of a 2xx answer unread (the caller reads it)."""
         shown_path = "/" + path.lstrip("/")
         endpoint = template or endpoint_template(method, shown_path)
         waited = self.pacer.acquire(endpoint)
@@ -402,6 +481,8 @@ class BillbeeClient:
         kwargs: dict[str, Any] = {"params": params}
         if json_body is not None:
             kwargs["json"] = json_body
+        if stream:
+            kwargs["stream"] = True
         try:
             response = send(self._session, method, f"{self.base_url}{shown_path}", endpoint=endpoint,
                             stats=self.stats, timeout=self.timeout, retry=retry, **kwargs)
@@ -478,6 +559,40 @@ class BillbeeClient:
         params = build_query(minCreatedAt=min_created_at, minimumBillBeeArticleId=minimum_billbee_article_id,
                              maximumBillBeeArticleId=maximum_billbee_article_id)
         return self._iter_pages("products", Product, page_size, params)
+
+    def iter_product_pages_lean(self, page_size: int = MAX_PAGE_SIZE) -> Iterator[ResultPage[LeanProduct]]:
+        """All products, page by page, as `LeanProduct`: the fast path of a full scan.
+
+        pydantic-core parses and validates each page straight from the bytes (in Rust), building only
+        the transferred fields, and the body is read in 1 MB chunks rather than requests' 10 kB;
+        `iter_product_pages` builds full models from `json.loads` output, which costs ~15 s of CPU
+        for 200,000 products. Pacing, retries and error handling are the same: an answer the lean
+        model cannot read goes through the regular envelope checks, which raise.
+        """
+        validate_page_size(page_size)
+        page = 1
+        while True:
+            body = self._product_page_bytes({"page": page, "pageSize": page_size})
+            items, paging = _lean_product_page(body)
+            yield ResultPage(number=page, items=items, paging=paging)
+            if not has_more_pages(page, paging, len(items), page_size):
+                return
+            page += 1
+
+    def _product_page_bytes(self, params: Mapping[str, Any]) -> bytes:
+        """The body of one product page. A body cut off in transfer is fetched again (a GET), as
+        `_request` does for failures before the body, up to `max_retries` times."""
+        attempts = 0
+        while True:
+            response = self._request("GET", "products", params=params, stream=True)
+            try:
+                return b"".join(response.iter_content(1 << 20))
+            except requests.exceptions.RequestException as exc:
+                attempts += 1
+                if attempts > self.max_retries:
+                    raise _transient("GET", "/products", f"answer cut off: {type(exc).__name__}") from exc
+                logger.info("Billbee GET /products: answer cut off (%s); reading the page again",
+                            type(exc).__name__)
 
     def iter_products(self, page_size: int = MAX_PAGE_SIZE, min_created_at: datetime | None = None,
                       **filters: Any) -> Iterator[Product]:

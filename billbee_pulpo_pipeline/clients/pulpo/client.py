@@ -322,6 +322,10 @@ class PulpoClient:
         """`POST /inventory/kits`. The spec has no body schema; we send the `Kit` record's fields."""
         return self._one(Kit, "POST", "/inventory/kits", "kit", json=wire(payload, KitPayload))
 
+    def deactivate_kit(self, kit_id: int) -> Kit:
+        """`POST /inventory/kits/{id}/deactivate`: kits have no update, so a changed kit is replaced."""
+        return self._one(Kit, "POST", f"/inventory/kits/{int(kit_id)}/deactivate", "kit")
+
     # ---- sales orders --------------------------------------------------------------------------------
 
     def iter_sales_orders(self, order_num: str | None = None, state: str | None = None,

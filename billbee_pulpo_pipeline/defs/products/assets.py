@@ -1,67 +1,198 @@
-"""Products (Billbee → PULPO): the Billbee product snapshot.
+"""Products (Billbee → PULPO): the Billbee product snapshot, its plausibility check, and the group.
 
 Billbee has no "modified since" filter for products, so every sync is a full scan at the largest
-page size (250): the fewest calls a full read can take. The snapshot keeps a content hash of the
-fields the flow transfers, so the writer downstream sends only what is new or changed.
+page size (250): the fewest calls a full read can take. Pages are read through the client's lean
+path (pydantic-core validates the bytes in Rust and builds only the fields the flow reads), so a
+200,000-product re-scan costs seconds of CPU, not tens. The snapshot keeps a content hash per
+product over those fields (see `SnapshotScan`), so the writer downstream looks only at what is new
+or changed.
 """
 
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
+import gc
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
 
+from billbee_pulpo_pipeline.clients.billbee.client import LeanProduct
 from billbee_pulpo_pipeline.defs.common import (
     STATE_STORE_KEY,
     CallMeter,
     Flow,
     canonical_json,
     count_metadata,
-    fingerprint,
     flow_definitions,
     preview_table,
 )
+from billbee_pulpo_pipeline.defs.products.state import SNAPSHOT_QUARANTINE, Comparison, ProductDatasets
+from billbee_pulpo_pipeline.defs.products.writer import writer_asset
 from billbee_pulpo_pipeline.mapping.products import product_fields, unlinkable_reason
+
+PLAUSIBLE_CHECK = "snapshot_plausible"
+HASH_VERSION = "lean-v1"  # part of every hash: a new scheme re-evaluates every product once
+LEAN_JSON = LeanProduct.__pydantic_serializer__  # bytes straight from pydantic-core
 
 
 def build(flow: Flow) -> dg.Definitions:
+    return flow_definitions(flow, [snapshot_asset(flow), writer_asset(flow)], "Billbee products → PULPO.")
+
+
+def snapshot_asset(flow: Flow) -> dg.AssetsDefinition:
     settings = flow.integration.settings
     language = getattr(settings, "title_language", "de")
+    deactivate_removed = bool(getattr(settings, "deactivate_removed", True))
+    key = flow.key("billbee_products")
 
     @dg.asset(
-        key=flow.key("billbee_products"),
+        key=key,
         group_name=flow.slug,
         kinds={"billbee", "duckdb"},
         required_resource_keys={flow.source_key, STATE_STORE_KEY},
         tags=flow.tags,
+        check_specs=[dg.AssetCheckSpec(
+            PLAUSIBLE_CHECK, asset=key, blocking=True,
+            description="Blocks the PULPO write when the snapshot looks like an incomplete Billbee answer: "
+                        "empty while PULPO has products of this integration, or missing more than half of "
+                        "the products PULPO acknowledged (which would deactivate them).")],
         description=f"""All products of Billbee account '{flow.source.name}' ({flow.name}).
 
 Full scan of `GET /products` (250 per page), stored in DuckDB with a content hash per product over
-the fields sent to PULPO. Products without SKU or with a SKU another product already uses go to
-quarantine with the reason; the rest go on.""",
+the fields the flow reads. Products without SKU or with a SKU another product already uses go to
+quarantine with the reason; the rest go on. The blocking check `{PLAUSIBLE_CHECK}` stops the PULPO
+write when the snapshot would deactivate most products.""",
     )
     def billbee_products(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         client = getattr(context.resources, flow.source_key).client()
         store = context.resources.state_store.store()
         meter = CallMeter(billbee=client.stats)
-        rows: list[tuple[str, str, str]] = []
-        quarantined: list[dict[str, str]] = []
-        sku_owner: dict[str, str] = {}
-        for product in client.iter_products(page_size=250):
-            fields = product_fields(product, language)
-            reason = unlinkable_reason(fields, sku_owner)
-            if reason is not None:
-                quarantined.append({"billbee_id": fields["billbee_id"], "sku": fields["sku"] or "", "reason": reason})
-                continue
-            sku_owner[fields["sku"].strip()] = fields["billbee_id"]
-            rows.append((fields["billbee_id"], fingerprint(fields), canonical_json(fields)))
-            if len(rows) % 10_000 == 0:
-                context.log.info(f"{flow.name}: read {len(rows):,} products")
-        diff = store.replace_snapshot(flow.dataset("billbee_products"), rows)
-        store.quarantine_sync(flow.slug, "product", {q["billbee_id"]: (q["reason"], q) for q in quarantined})
-        return dg.MaterializeResult(metadata={
-            **count_metadata(total=len(rows) + len(quarantined), new=diff.new, changed=diff.changed,
-                             removed=diff.removed, unchanged=diff.unchanged, quarantined=len(quarantined),
-                             records_read=len(rows) + len(quarantined)),
-            **meter.metadata(),
-            "quarantine_preview": preview_table(quarantined),
-        })
+        datasets = ProductDatasets(store, flow)
+        scan = SnapshotScan(language, datasets.hash_prefixes(datasets.snapshot))
+        with quiet_gc():
+            for page in client.iter_product_pages_lean(page_size=250):
+                scan.add(page.items)
+                if page.number % 40 == 0:
+                    context.log.info(f"{flow.name}: read {scan.total:,} products")
+        rows, removed = scan.changed_rows(), scan.removed_keys()
+        diff = store.upsert_snapshot(datasets.snapshot, rows) if rows else None
+        if removed:
+            store.delete_snapshot_rows(datasets.snapshot, removed)
+        store.quarantine_sync(flow.slug, SNAPSHOT_QUARANTINE,
+                              {q["billbee_id"]: (q["reason"], q) for q in scan.quarantined})
+        total, quarantined, unchanged = scan.total, scan.quarantined, scan.unchanged
+        del scan, rows
+        check = plausibility(datasets.compare(), flow, deactivate_removed)
+        return dg.MaterializeResult(
+            metadata={
+                **count_metadata(total=total, new=diff.new if diff else 0, changed=diff.changed if diff else 0,
+                                 removed=len(removed), unchanged=unchanged + (diff.unchanged if diff else 0),
+                                 quarantined=len(quarantined), records_read=total),
+                **meter.metadata(),
+                "quarantine_preview": preview_table(quarantined),
+            },
+            check_results=[check],
+        )
 
-    return flow_definitions(flow, [billbee_products], "Billbee products → PULPO.")
+    return billbee_products
+
+
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Keep the cyclic garbage collector out of a scan.
+
+    A 200,000-product scan allocates ~1M short-lived containers (models, lists) that reference
+    counting frees on its own (they form no cycles); yet they trigger collections, and each full one
+    walks every object Dagster, pandas and pydantic hold: ~1.5-2 s of CPU per scan. The process's
+    objects are frozen out of the collector's sight and collection pauses until the scan is done.
+    """
+    gc.freeze()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.unfreeze()
+
+
+class SnapshotScan:
+    """Turns pages of `LeanProduct` into changes of the stored snapshot, cheaply enough for 200,000.
+
+    The hash of a product is sha256 over its lean JSON (serialised by pydantic-core, in Rust), so an
+    unchanged product costs no Python mapping and no row at all: it is compared with the stored hash
+    (on its first 60 bits, so 200,000 stored hashes take ~20 MB) and only counted. Products whose
+    hash differs get their payload (`product_fields` as JSON) and are upserted; stored products the
+    scan did not see are deleted. That is `replace_snapshot` without moving 200,000 unchanged rows
+    through DuckDB. Whether a change matters to PULPO (say, the English title while PULPO gets the
+    German one) is the writer's question: it compares the PULPO payload and writes only real changes.
+    """
+
+    def __init__(self, language: str, stored: dict[int, int]) -> None:
+        self.language = language
+        self.prefix = f"{HASH_VERSION}:{language}:".encode()
+        self.stored = stored  # popped as products are seen: what is left was removed in Billbee
+        self.seen: set[int] = set()
+        self.changed: dict[str, tuple[str, str]] = {}
+        self.unchanged = 0
+        self.quarantined: list[dict[str, str]] = []
+        self.sku_owner: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return len(self.seen)
+
+    def add(self, products: list[LeanProduct]) -> None:
+        seen, stored, sku_owner = self.seen, self.stored, self.sku_owner
+        for product in products:
+            ident = int(product.Id)
+            if ident in seen:
+                continue  # a page repeated a product: the catalogue shifted while it was paged
+            seen.add(ident)
+            sku = (product.SKU or "").strip()
+            owner = sku_owner.get(sku) if sku else None
+            if not sku or (owner is not None and owner != ident):
+                self._quarantine(str(ident), product.SKU, owner)
+                continue
+            sku_owner[sku] = ident
+            digest = hashlib.sha256(self.prefix + LEAN_JSON.to_json(product)).digest()
+            if stored.pop(ident, None) == int.from_bytes(digest[:8], "big") >> 4:  # the first 60 bits
+                self.unchanged += 1
+            else:
+                self.changed[str(ident)] = (digest.hex(), canonical_json(product_fields(product, self.language)))
+
+    def _quarantine(self, key: str, sku: str | None, owner: int | None) -> None:
+        reason = unlinkable_reason({"billbee_id": key, "sku": sku}, {(sku or "").strip(): str(owner)} if owner else {})
+        self.quarantined.append({"billbee_id": key, "sku": sku or "", "reason": reason or "unlinkable"})
+
+    def changed_rows(self) -> list[tuple[str, str, str]]:
+        return [(key, digest, payload) for key, (digest, payload) in self.changed.items()]
+
+    def removed_keys(self) -> list[str]:
+        return [str(key) for key in self.stored]
+
+
+def plausibility(comparison: Comparison, flow: Flow, deactivate_removed: bool) -> dg.AssetCheckResult:
+    """Refuse a snapshot that looks like a Billbee outage rather than the catalogue."""
+    acknowledged, removed = comparison.acknowledged_total, len(comparison.removed)
+    problem = None
+    if comparison.snapshot_total == 0 and acknowledged:
+        problem = f"the snapshot is empty, while PULPO holds {acknowledged:,} products of this integration"
+    elif deactivate_removed and acknowledged and removed * 2 > acknowledged:
+        problem = (f"{removed:,} of the {acknowledged:,} products PULPO holds for this integration are missing "
+                   "from the snapshot; writing it would deactivate more than half of them")
+    metadata = {"snapshot_products": dg.MetadataValue.int(comparison.snapshot_total),
+                "acknowledged_by_pulpo": dg.MetadataValue.int(acknowledged),
+                "would_deactivate": dg.MetadataValue.int(removed if deactivate_removed else 0)}
+    if problem is None:
+        return dg.AssetCheckResult(check_name=PLAUSIBLE_CHECK, passed=True, metadata=metadata,
+                                   description="snapshot is plausible: the PULPO write may run")
+    return dg.AssetCheckResult(
+        check_name=PLAUSIBLE_CHECK, passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+        description=f"Nothing was written to PULPO: {problem}. This is what an incomplete Billbee answer "
+                    "looks like (an outage, another API user, a changed account). Check the products in "
+                    "Billbee. If they really were deleted, materialize "
+                    f"`{flow.key('pulpo_products').to_user_string()}` on its own (this check guards only runs "
+                    "that take a new snapshot), or set `deactivate_removed: false` to leave them active.",
+    )

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from billbee_pulpo_pipeline.clients.billbee.states import ORDER_STATES
 from billbee_pulpo_pipeline.clients.http import NotFoundError, RequestRejectedError, TransientApiError
@@ -45,6 +44,7 @@ from billbee_pulpo_pipeline.defs.common import (
     STATE_STORE_KEY,
     CallMeter,
     Flow,
+    WriteConfig,
     canonical_json,
     count_metadata,
     fingerprint,
@@ -63,13 +63,6 @@ CHUNK = 10_000      # orders taken from the store at a time (bounded memory at a
 BULK_SIZE = 100     # sales orders per POST /sales/bulk/orders
 CRASH_ENV = "BPP_TEST_CRASH_AFTER"
 WAITING = "waiting for product"
-
-
-class WriteConfig(dg.Config):
-    """Launchpad options of a PULPO write asset."""
-
-    dry_run: bool = Field(False, description="Compute and show what would be written (metadata `plan`); "
-                                             "write nothing to PULPO, the ledger or the mappings.")
 
 
 # --------------------------------------------------------------------------------------------------
