@@ -25,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from billbee_pulpo_pipeline.clients.billbee import BillbeeClient
-from billbee_pulpo_pipeline.clients.billbee.client import LeanProduct
+from billbee_pulpo_pipeline.clients.billbee.models import LeanProduct
 from billbee_pulpo_pipeline.clients.http import RequestRejectedError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.config import load_config

@@ -18,7 +18,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import requests
 from filelock import FileLock
@@ -163,6 +164,22 @@ def make_retry(stats: CallStats, endpoint: str, *, total: int = 6, backoff_facto
     retry.stats = stats
     retry.endpoint = endpoint
     return retry
+
+
+class SessionClient:
+    """Base of the API clients: owns `_session` and closes it, also as a context manager."""
+
+    _session: requests.Session
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 def make_session(user_agent: str, pool_size: int = 4) -> requests.Session:

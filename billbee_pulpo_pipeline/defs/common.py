@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from pydantic import Field
 from billbee_pulpo_pipeline.clients.http import CallStats
 from billbee_pulpo_pipeline.config import Credential, Integration, IntegrationConfig
 from billbee_pulpo_pipeline.defs.resources import resource_key
+from billbee_pulpo_pipeline.state import canonical_json
 
 # Flows run in this order when `billbee-pulpo sync` runs them all: products before the orders that
 # reference them, orders before anything the warehouse reports back about them.
@@ -117,12 +117,7 @@ def flow_definitions(flow: Flow, assets: list[dg.AssetsDefinition], what: str) -
 
 def fingerprint(payload: Mapping[str, Any]) -> str:
     """Content hash of the fields a flow transfers: canonical JSON, so key order never matters."""
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def canonical_json(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 class WriteConfig(dg.Config):

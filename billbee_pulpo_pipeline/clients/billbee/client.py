@@ -21,17 +21,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from billbee_pulpo_pipeline.clients.billbee.models import (
     AddShipmentRequest,
+    LeanProduct,
     Order,
     Paging,
     Product,
@@ -43,6 +43,7 @@ from billbee_pulpo_pipeline.clients.billbee.models import (
     StockLocation,
     StockRowResult,
     StockUpdate,
+    _LeanProductEnvelope,
     format_billbee_datetime,
 )
 from billbee_pulpo_pipeline.clients.billbee.states import state_id
@@ -54,6 +55,7 @@ from billbee_pulpo_pipeline.clients.http import (
     Pacer,
     RateRule,
     RequestRejectedError,
+    SessionClient,
     TransientApiError,
     body_excerpt,
     check_base_url,
@@ -98,54 +100,6 @@ class ResultPage(Generic[ModelT]):
 
 # --------------------------------------------------------------------------------------------------
 # Lean product pages: the fast path of a full product scan
-
-# Ids stay exact: a JSON integer (never a float: 17 digits do not survive one) or a string of digits.
-LeanId = Annotated[int, Strict()] | Annotated[str, Strict(), StringConstraints(strip_whitespace=True,
-                                                                             pattern=r"^\d+$")]
-
-
-class _Lean(BaseModel):
-    """Only the fields a consumer names; everything else in Billbee's answer is skipped unread."""
-
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
-
-
-class LeanText(_Lean):
-    Text: str | None = None
-    LanguageCode: str | None = None
-
-
-class LeanBomItem(_Lean):
-    Amount: float | None = None
-    ArticleId: LeanId | None = None
-    SKU: str | None = None
-
-
-class LeanProduct(_Lean):
-    """The product fields the products flow transfers (a subset of `Product`, same names)."""
-
-    Id: LeanId
-    SKU: str | None = None
-    EAN: str | None = None
-    Title: list[LeanText] | None = None
-    Type: int | None = None
-    BillOfMaterial: list[LeanBomItem] | None = None
-    Weight: int | float | None = None
-    LengthCm: float | None = None
-    WidthCm: float | None = None
-    HeightCm: float | None = None
-    TaricNumber: str | None = None
-    CountryOfOrigin: str | None = None
-    IsDeactivated: bool | None = None
-
-
-class _LeanProductEnvelope(_Lean):
-    Data: list[LeanProduct] | None = None
-    paging: Paging | None = Field(None, alias="Paging")
-    ErrorCode: Any = None
-    ErrorMessage: Any = None
-    ErrorDescription: Any = None
-
 
 _LEAN_PRODUCT_PAGE = TypeAdapter(_LeanProductEnvelope)
 _ENVELOPE_FIELDS = frozenset({"Data", "ErrorCode", "ErrorMessage"})
@@ -418,7 +372,7 @@ def _whole_account(endpoint: str) -> str:
 # The client
 
 
-class BillbeeClient:
+class BillbeeClient(SessionClient):
     """Billbee REST API v1. `base_url` is e.g. `https://api.billbee.io/api/v1`; paths are relative to it."""
 
     def __init__(
@@ -455,16 +409,6 @@ class BillbeeClient:
 
     def __repr__(self) -> str:
         return f"BillbeeClient(base_url={self.base_url!r}, username={self.username!r})"
-
-    def close(self) -> None:
-        self._session.close()
-
-    def __enter__(self) -> BillbeeClient:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # ---- transport ---------------------------------------------------------------------------------
 

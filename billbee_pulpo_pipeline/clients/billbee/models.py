@@ -24,6 +24,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    Strict,
+    StringConstraints,
     model_validator,
 )
 
@@ -517,3 +519,54 @@ class StockRowResult(BaseModel):
     current_stock: float | None = None
     unfulfilled_amount: float | None = None
     message: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Lean product pages: the fast path of a full product scan
+
+# Ids stay exact: a JSON integer (never a float: 17 digits do not survive one) or a string of digits.
+LeanId = Annotated[int, Strict()] | Annotated[str, Strict(), StringConstraints(strip_whitespace=True,
+                                                                             pattern=r"^\d+$")]
+
+
+class _Lean(BaseModel):
+    """Only the fields a consumer names; everything else in Billbee's answer is skipped unread."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+
+class LeanText(_Lean):
+    Text: str | None = None
+    LanguageCode: str | None = None
+
+
+class LeanBomItem(_Lean):
+    Amount: float | None = None
+    ArticleId: LeanId | None = None
+    SKU: str | None = None
+
+
+class LeanProduct(_Lean):
+    """The product fields the products flow transfers (a subset of `Product`, same names)."""
+
+    Id: LeanId
+    SKU: str | None = None
+    EAN: str | None = None
+    Title: list[LeanText] | None = None
+    Type: int | None = None
+    BillOfMaterial: list[LeanBomItem] | None = None
+    Weight: int | float | None = None
+    LengthCm: float | None = None
+    WidthCm: float | None = None
+    HeightCm: float | None = None
+    TaricNumber: str | None = None
+    CountryOfOrigin: str | None = None
+    IsDeactivated: bool | None = None
+
+
+class _LeanProductEnvelope(_Lean):
+    Data: list[LeanProduct] | None = None
+    paging: Paging | None = Field(None, alias="Paging")
+    ErrorCode: Any = None
+    ErrorMessage: Any = None
+    ErrorDescription: Any = None

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import requests
@@ -36,6 +35,7 @@ from billbee_pulpo_pipeline.clients.http import (
     CallStats,
     NotFoundError,
     RequestRejectedError,
+    SessionClient,
     TransientApiError,
     body_excerpt,
     check_base_url,
@@ -224,7 +224,7 @@ def _chunks(values: Sequence[int], size: int) -> Iterator[list[int]]:
 # Client
 
 
-class PulpoClient:
+class PulpoClient(SessionClient):
     """PULPO WMS REST client. Use one per (base_url, username); share `token_dir` across processes."""
 
     def __init__(
@@ -262,16 +262,6 @@ class PulpoClient:
 
     def __repr__(self) -> str:
         return f"PulpoClient(base_url={self.base_url!r}, username={self.username!r})"
-
-    def close(self) -> None:
-        self._session.close()
-
-    def __enter__(self) -> PulpoClient:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # ---- connection ----------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from billbee_pulpo_pipeline.clients.billbee.client import LeanProduct
+from billbee_pulpo_pipeline.clients.billbee.models import LeanProduct
 from billbee_pulpo_pipeline.defs.common import (
     STATE_STORE_KEY,
     CallMeter,

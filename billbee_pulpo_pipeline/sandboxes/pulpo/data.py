@@ -1244,18 +1244,26 @@ class World:
                 )
         return problems
 
+    @staticmethod
+    def _task(tasks: dict[int, Record], task_id: int, label: str) -> Record:
+        if task_id not in tasks:
+            raise not_found(label)
+        return tasks[task_id]
+
+    @staticmethod
+    def _accept(task: Record, label: str) -> Record:
+        """A worker takes a queued picking or packing task (the same rule for both)."""
+        if task["state"] != "queue":
+            raise forbidden("state", f"{label} in state {task['state']} can not be accepted")
+        stamp = now_stamp()
+        task.update({"state": "taken", "owner_id": API_USER_ID, "start_date": stamp, "updated_at": stamp})
+        return copy.deepcopy(task)
+
     def picking_order(self, pick_id: int) -> Record:
-        if pick_id not in self.picking:
-            raise not_found("picking order")
-        return self.picking[pick_id]
+        return self._task(self.picking, pick_id, "picking order")
 
     def accept_picking(self, pick_id: int) -> Record:
-        pick = self.picking_order(pick_id)
-        if pick["state"] != "queue":
-            raise forbidden("state", f"Picking orders in state {pick['state']} can not be accepted")
-        stamp = now_stamp()
-        pick.update({"state": "taken", "owner_id": API_USER_ID, "start_date": stamp, "updated_at": stamp})
-        return copy.deepcopy(pick)
+        return self._accept(self.picking_order(pick_id), "Picking orders")
 
     def finish_picking(self, pick_id: int) -> Record:
         pick = self.picking_order(pick_id)
@@ -1325,17 +1333,10 @@ class World:
     # ---- packing -----------------------------------------------------------------------------------
 
     def packing_order(self, pack_id: int) -> Record:
-        if pack_id not in self.packing:
-            raise not_found("packing order")
-        return self.packing[pack_id]
+        return self._task(self.packing, pack_id, "packing order")
 
     def accept_packing(self, pack_id: int) -> Record:
-        packing = self.packing_order(pack_id)
-        if packing["state"] != "queue":
-            raise forbidden("state", f"Packing orders in state {packing['state']} can not be accepted")
-        stamp = now_stamp()
-        packing.update({"state": "taken", "owner_id": API_USER_ID, "start_date": stamp, "updated_at": stamp})
-        return copy.deepcopy(packing)
+        return self._accept(self.packing_order(pack_id), "Packing orders")
 
     def add_to_box(self, pack_id: int, values: Mapping[str, Any]) -> Record:
         """Pack `quantity` of `product_id` into box `box_number` (a new box when it has none yet)."""
