@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,10 @@ from billbee_pulpo_pipeline.clients.billbee import BillbeeClient
 from billbee_pulpo_pipeline.clients.http import ApiError, AuthenticationError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.config import BillbeeCredential, Credential, Integration, IntegrationConfig
-from billbee_pulpo_pipeline.defs.common import SYNC_ORDER
+from billbee_pulpo_pipeline.defs.common import SYNC_ORDER, flow_for
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
+from billbee_pulpo_pipeline.defs.sales_orders.automation import windows_to_sync
+from billbee_pulpo_pipeline.state import StateStore
 
 
 @dataclass
@@ -91,10 +92,6 @@ def select_integrations(config: IntegrationConfig, names: Sequence[str]) -> list
     return sorted(chosen, key=lambda i: SYNC_ORDER.index(i.type))
 
 
-def current_partition_key() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d-%H:00")
-
-
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
     """Keep stdout for the JSON document: everything else a run prints goes to stderr."""
@@ -116,20 +113,36 @@ def run_sync(config: IntegrationConfig, home: Path, names: Sequence[str] = (),
     instance = instance or default_instance()
     summaries = []
     for integration in select_integrations(config, names):
-        partitioned = integration.type == "sales_orders"
-        with stdout_to_stderr():
-            result = dg.materialize(
-                assets, selection=dg.AssetSelection.groups(integration.slug), resources=resources,
-                instance=instance, partition_key=current_partition_key() if partitioned else None,
-                raise_on_error=False, tags={"integration": integration.slug, "launched_by": "billbee-pulpo sync"},
-            )
-        summaries.append(summarise(integration, result))
+        summary = None
+        for partition in partitions_to_sync(config, integration, home):
+            with stdout_to_stderr():
+                result = dg.materialize(
+                    assets, selection=dg.AssetSelection.groups(integration.slug), resources=resources,
+                    instance=instance, partition_key=partition, raise_on_error=False,
+                    tags={"integration": integration.slug, "launched_by": "billbee-pulpo sync"},
+                )
+            summary = summarise(integration, result, summary)
+        assert summary is not None
+        summaries.append(summary)
     return summaries
 
 
-def summarise(integration: Integration, result: dg.ExecuteInProcessResult) -> IntegrationSummary:
-    summary = IntegrationSummary(integration.name, integration.type, "success" if result.success else "failed",
-                                 run_id=result.run_id)
+def partitions_to_sync(config: IntegrationConfig, integration: Integration, home: Path) -> list[str | None]:
+    """One unpartitioned run, or for sales orders the windows not read to their end and the current one."""
+    if integration.type != "sales_orders":
+        return [None]
+    return list(windows_to_sync(flow_for(integration, config), StateStore(home)))
+
+
+def summarise(integration: Integration, result: dg.ExecuteInProcessResult,
+              summary: IntegrationSummary | None = None) -> IntegrationSummary:
+    """The run's figures, added to `summary` when the sync took several runs (order windows)."""
+    if summary is None:
+        summary = IntegrationSummary(integration.name, integration.type, "success", run_id=result.run_id)
+    if not result.success:
+        summary.status = "failed"
+        summary.run_id = result.run_id  # the run to open in the UI is the one that failed
+    quarantined = 0
     for event in result.get_asset_materialization_events():
         metadata = {k: v.value for k, v in event.materialization.metadata.items()}
 
@@ -140,11 +153,13 @@ def summarise(integration: Integration, result: dg.ExecuteInProcessResult) -> In
         summary.records_read += value("records_read")
         summary.written += value("records_written")
         summary.skipped += value("records_skipped")
-        summary.quarantined += value("quarantined")
+        quarantined += value("quarantined")
         summary.throttled_429 += value("billbee_429") + value("pulpo_429")
         for system in ("billbee", "pulpo"):
             if f"{system}_calls" in metadata:
                 summary.api_calls[system] = summary.api_calls.get(system, 0) + value(f"{system}_calls")
+    # Each run re-evaluates what waits in quarantine: across the runs of one sync, the largest count.
+    summary.quarantined = max(summary.quarantined, quarantined)
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error

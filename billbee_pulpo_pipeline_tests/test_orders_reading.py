@@ -26,12 +26,12 @@ from billbee_pulpo_pipeline.defs import sales_orders
 from billbee_pulpo_pipeline.defs.common import flow_for
 from billbee_pulpo_pipeline.defs.factory import build_resources
 from billbee_pulpo_pipeline.defs.sales_orders.assets import (
-    OrdersReadConfig,
+    OrdersSyncConfig,
     order_row,
     read_until_cursor,
     without_stale,
 )
-from billbee_pulpo_pipeline.defs.sales_orders.automation import gap_grace
+from billbee_pulpo_pipeline.defs.sales_orders.automation import gap_grace, windows_to_sync
 from billbee_pulpo_pipeline.defs.sales_orders.windows import (
     OVERLAP,
     ReadRange,
@@ -39,6 +39,7 @@ from billbee_pulpo_pipeline.defs.sales_orders.windows import (
     advanced_watermark,
     ended_windows,
     floor_hour,
+    format_watermark,
     is_complete,
     read_complete_window,
     read_orders,
@@ -224,6 +225,22 @@ def test_ended_windows_respect_lookback_grace_and_first_partition():
     assert ended_windows(now, 4, T0 - timedelta(hours=2), grace) == [T0 - timedelta(hours=2), T0 - timedelta(hours=1)]
 
 
+def test_a_one_off_sync_reads_every_ended_window_not_read_to_its_end_then_the_current_one(bpp_env, tmp_path):
+    """`billbee-pulpo sync` from cron: a window last read at 10:55 still has its last minutes to read
+    when the next sync runs at 11:05, and a never-read window in the lookback is read too."""
+    flow, _ = orders_flow()
+    flow = flow_with(flow, lookback_hours=3)
+    store, now = StateStore(tmp_path), datetime.now(UTC).replace(minute=5, second=0, microsecond=0)
+    hour = floor_hour(now)
+    keys = {h: (hour - timedelta(hours=h)).strftime("%Y-%m-%d-%H:%M") for h in range(4)}
+    store.set_cursor(read_until_cursor(flow, keys[3]), format_watermark(hour - timedelta(hours=2)))  # complete
+    store.set_cursor(read_until_cursor(flow, keys[1]), format_watermark(hour - timedelta(minutes=5)))  # 10:55
+    assert windows_to_sync(flow, store, now) == [keys[2], keys[1], keys[0]]
+    store.set_cursor(read_until_cursor(flow, keys[1]), format_watermark(hour))
+    store.set_cursor(read_until_cursor(flow, keys[2]), format_watermark(hour))
+    assert windows_to_sync(flow, store, now) == [keys[0]]
+
+
 # ---- helpers over the sandbox --------------------------------------------------------------------
 
 
@@ -254,13 +271,14 @@ class Reader:
         self.flow, self.home, self.instance = flow, home, instance
         self.resources = build_resources(config, home)
         self.defs = flow_definitions(flow, config, home)
-        self.asset = next(a for a in sales_orders.build(flow).assets if a.key == flow.key("billbee_orders"))
+        self.asset = next(a for a in sales_orders.build(flow).assets if flow.key("billbee_orders") in a.keys)
         self.store = StateStore(home)
 
     def read(self, partition_key: str, **config) -> dict[str, object]:
-        run_config = dg.RunConfig(ops={self.asset.op.name: OrdersReadConfig(**config)}) if config else None
+        run_config = dg.RunConfig(ops={self.asset.op.name: OrdersSyncConfig(**config)}) if config else None
         result = dg.materialize([self.asset], partition_key=partition_key, instance=self.instance,
-                                resources=self.resources, run_config=run_config)
+                                resources=self.resources, run_config=run_config,
+                                selection=[self.flow.key("billbee_orders")])
         assert result.success
         [check] = result.get_asset_check_evaluations()
         assert check.passed and check.check_name == "window_read_consistent"

@@ -276,7 +276,7 @@ def test_sync_killed_between_write_and_record_leaves_no_duplicate(world, bpp_env
 
 def test_dry_run_previews_and_writes_nothing(world, bpp_env):
     home = Path(bpp_env["BPP_HOME"])
-    result = materialize(home, run_config={"ops": {f"{GROUP}__pulpo_products": {"config": {"dry_run": True}}}})
+    result = materialize(home, run_config={"ops": {f"{GROUP}__products": {"config": {"dry_run": True}}}})
     assert result.success
     planned = meta(result, "pulpo_products")
     assert planned["dry_run"] is True and planned["created"] == LINKABLE and planned["records_written"] == 0

@@ -85,12 +85,47 @@ def test_a_newer_schema_is_refused(tmp_path):
         StateStore(tmp_path).get_cursor("a")
 
 
-def test_no_connection_is_held_between_calls(store):
-    store.set_cursor("a", "1")
-    # If the store kept the file open, this plain DuckDB connection would fail with a lock error
-    # (in this process DuckDB would share the instance, so check from another process).
+def plain_duckdb_connect(store: StateStore) -> subprocess.CompletedProcess:
+    """Open the database from another process, ignoring the file lock (as the DuckDB CLI would):
+    fails while this process holds it (in-process DuckDB would share the instance)."""
     code = f"import duckdb; duckdb.connect({str(store.path)!r}).execute('SELECT 1')"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
+
+
+def test_the_database_is_given_back_after_a_short_idle_time_or_on_close(store):
+    store.set_cursor("a", "1")
+    time.sleep(store.hold * 5)  # idle: the connection was closed and the lock released
+    assert plain_duckdb_connect(store).returncode == 0
+    held = StateStore(store.path, hold=60, max_lease=60)
+    held.set_cursor("a", "2")
+    assert "lock" in plain_duckdb_connect(held).stderr.lower()  # held for the next call ...
+    held.close()
+    assert plain_duckdb_connect(held).returncode == 0  # ... until closed
+    assert held.get_cursor("a") == "2"
+    held.close()
+
+
+def test_a_busy_process_lets_others_in_after_max_lease(store):
+    """A process calling the store without pause holds the database at most `max_lease` at a time."""
+    store.set_cursor("a", "0")
+    stop = time.monotonic() + 4
+    worker = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom billbee_pulpo_pipeline.state import StateStore\n"
+        f"s = StateStore({str(store.path)!r})\n"
+        f"while time.monotonic() < {stop}:\n    s.set_cursor('busy', str(time.time()))\n")])
+    try:
+        time.sleep(1.0)
+        waits = []
+        for _ in range(3):
+            started = time.monotonic()
+            store.get_cursor("busy")
+            store.close()
+            waits.append(time.monotonic() - started)
+        assert worker.poll() is None  # the other process was still busy the whole time
+        assert max(waits) < store.max_lease + 1.0
+    finally:
+        worker.wait(timeout=30)
+    assert worker.returncode == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -640,6 +675,7 @@ def test_threads_share_one_store(store):
 
 def test_waits_for_a_foreign_duckdb_lock_then_succeeds(store):
     store.set_cursor("a", "1")
+    store.close()
     holder = subprocess.Popen(
         [sys.executable, "-c", f"import duckdb, time\nconn = duckdb.connect({str(store.path)!r})\n"
          "print('held', flush=True)\ntime.sleep(1.5)\nconn.close()"],
@@ -659,6 +695,18 @@ def test_waits_for_a_foreign_duckdb_lock_then_succeeds(store):
 def test_busy_lock_beyond_the_timeout_is_a_clear_error(tmp_path):
     store = StateStore(tmp_path, timeout=0.3)
     store.set_cursor("a", "1")
+    store.close()
     with FileLock(str(store.path) + ".lock"), pytest.raises(StateStoreError, match="busy"):
         store.get_cursor("a")
     assert store.get_cursor("a") == "1"
+
+
+def test_upsert_can_refresh_the_payload_of_rows_whose_hash_is_unchanged(store: StateStore) -> None:
+    store.upsert_snapshot("orders", [("1", "h1", '{"v": 1}'), ("2", "h2", '{"v": 1}')])
+    kept = store.upsert_snapshot("orders", [("1", "h1", '{"v": 2}')])
+    assert (kept.new, kept.changed, kept.unchanged) == (0, 0, 1)
+    assert store.snapshot_rows("orders", ["1"]) == {"1": '{"v": 1}'}  # by default the stored payload stays
+    refreshed = store.upsert_snapshot("orders", [("1", "h1", '{"v": 2}'), ("3", "h3", "{}")], refresh_payloads=True)
+    assert (refreshed.new, refreshed.changed, refreshed.unchanged) == (1, 0, 1)
+    assert store.snapshot_rows("orders") == {"1": '{"v": 2}', "2": '{"v": 1}', "3": "{}"}
+    assert store.snapshot_hashes("orders") == {"1": "h1", "2": "h2", "3": "h3"}

@@ -2,19 +2,22 @@
 
 DuckDB lets only one process open a database file for writing; a second one fails with "Could not set
 lock on file". Integrations run as separate Dagster runs (processes) at the same moment, so every public
-method here opens a short-lived connection under a cross-process file lock (`state.duckdb.lock` beside
-the database), does its work in one transaction and closes the connection before returning. No
-connection is ever held between calls, so callers queue for milliseconds instead of failing. A DuckDB
-lock error (a process that ignores the file lock, such as the DuckDB CLI) is retried until `timeout`.
+method here works in one transaction on a connection taken under a cross-process file lock
+(`state.duckdb.lock` beside the database). Opening and closing the database costs ~12-30 ms of CPU,
+so a process that just used it keeps it open for `hold` seconds (0.1) in case the next call follows
+(a writer's calls come in bursts); after that idle time, or at the latest `max_lease` seconds (1.0)
+after taking it, the connection is closed and the lock released, so other processes queue for at
+most about a second instead of failing. A DuckDB lock error (a process that ignores the file lock,
+such as the DuckDB CLI) is retried until `timeout`.
 
 The store never receives secrets: callers store ids, hashes, business payloads and request summaries,
 never credentials or auth headers. Ids are VARCHAR, so 17-digit Billbee ids never pass through a float.
 Timestamps are UTC (stored as naive TIMESTAMP in UTC, returned timezone-aware).
 
-Each connection costs ~15-50 ms (lock, open, commit), so every per-record method has a set-based
-counterpart for thousands of records in one transaction (`get_mappings`, `ledger_begin_many`,
-`quarantine_put_many`, ...). The single-record methods call them, so both have the same semantics.
-Callers never touch the tables: this class is the only place that knows them.
+Each call still costs a transaction (~1-2 ms on a held connection, 15-50 ms on a fresh one), so every
+per-record method has a set-based counterpart for thousands of records in one transaction
+(`get_mappings`, `ledger_begin_many`, `quarantine_put_many`, ...). The single-record methods call
+them, so both have the same semantics. Callers never touch the tables: this class is the only place that knows them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import random
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -42,6 +46,8 @@ SCHEMA_VERSION = 1
 DB_FILE_NAME = "state.duckdb"
 HOME_ENV = "BPP_HOME"
 DEFAULT_HOME = ".bpp"
+
+YIELD_PAUSE = 0.03  # seconds a process that held the database for `max_lease` waits before taking it again
 
 LEDGER_STATUSES = ("pending", "done", "failed", "attention", "skipped")
 FINISHED_STATUSES = frozenset(LEDGER_STATUSES) - {"pending"}
@@ -218,6 +224,138 @@ _QUARANTINE_COLUMNS = ("integration, kind, record_key, reason, payload, first_se
                        "resolved_at")
 
 
+class _Database:
+    """This process's connection to one database file, shared by every `StateStore` on that path:
+    taken under the file lock, kept between calls for `hold` seconds of idle time or `max_lease`
+    seconds in all, then closed and the lock released (by the next call or a reaper thread)."""
+
+    _registry: dict[tuple[int, Path], _Database] = {}
+    _registry_lock = threading.Lock()
+
+    @classmethod
+    def of(cls, path: Path) -> _Database:
+        key = (os.getpid(), path.resolve())  # a forked child never uses its parent's connection
+        with cls._registry_lock:
+            if key not in cls._registry:
+                cls._registry[key] = cls(path)
+            return cls._registry[key]
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = FileLock(str(path) + ".lock", thread_local=False)
+        self.mutex = threading.RLock()   # one transaction at a time in this process
+        self.conn: duckdb.DuckDBPyConnection | None = None
+        self.leased_at = self.used_at = self.yield_until = 0.0
+        self.hold, self.max_lease = 0.1, 1.0
+        self.depth = 0
+        self.reaper: threading.Thread | None = None
+
+    @contextmanager
+    def transaction(self, store: StateStore) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.mutex:
+            if self.depth:  # a store method called from inside another: same transaction
+                assert self.conn is not None
+                yield self.conn
+                return
+            conn = self._take(store)
+            self.depth = 1
+            try:
+                if not store._schema_checked:  # once per store object, as another version may have run
+                    store._create_schema(conn)
+                    store._schema_checked = True
+                conn.execute("BEGIN TRANSACTION")
+                yield conn
+                conn.execute("COMMIT")
+                _drop_temporary(conn)
+            except BaseException:
+                self.release()  # closing rolls the open transaction back
+                raise
+            finally:
+                self.depth = 0
+            self.used_at, self.hold, self.max_lease = time.monotonic(), store.hold, store.max_lease
+            if self.hold <= 0:
+                self.release()
+            elif self.used_at - self.leased_at >= self.max_lease:
+                self.release()
+                # The file lock is not fair: pause before taking it again so a waiting process gets in.
+                self.yield_until = time.monotonic() + YIELD_PAUSE
+            else:
+                self._start_reaper()
+
+    def _take(self, store: StateStore) -> duckdb.DuckDBPyConnection:
+        if self.conn is not None:
+            return self.conn
+        started = time.monotonic()
+        if started < self.yield_until:
+            time.sleep(self.yield_until - started)
+        try:
+            self.lock.acquire(timeout=store.timeout, poll_interval=0.005)  # 50 ms default would idle
+        except FileLockTimeout:
+            raise StateStoreError(f"state store {self.path} stayed busy for {store.timeout:.0f} s") from None
+        try:
+            conn = self._open(started, store.timeout)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.conn, self.leased_at = conn, time.monotonic()
+        return conn
+
+    def _open(self, started: float, timeout: float) -> duckdb.DuckDBPyConnection:
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() - started > timeout:
+                    raise StateStoreError(f"cannot open state store {self.path}: {exc}") from None
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+
+    def release(self) -> None:
+        """Close the connection and release the file lock (no-op when nothing is held)."""
+        with self.mutex:
+            if self.conn is None:
+                return
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+                self.lock.release()
+
+    def _start_reaper(self) -> None:
+        if self.reaper is None or not self.reaper.is_alive():
+            self.reaper = threading.Thread(target=self._reap, name="state-store-release", daemon=True)
+            self.reaper.start()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(self.hold / 2)
+            if not self.mutex.acquire(blocking=False):
+                continue  # a call is running: it decides on release itself
+            try:
+                if self.conn is None:
+                    return
+                now = time.monotonic()
+                if now - self.used_at >= self.hold or now - self.leased_at >= self.max_lease:
+                    self.release()
+                    return
+            finally:
+                self.mutex.release()
+
+
+def _drop_temporary(conn: duckdb.DuckDBPyConnection) -> None:
+    """Drop the temp tables and registered frames of a finished call: the connection may be kept for
+    the next call, which creates them anew (and their memory is not held meanwhile)."""
+    for name, kind in conn.execute("""
+        SELECT table_name, 'TABLE' FROM duckdb_tables() WHERE temporary
+        UNION ALL SELECT view_name, 'VIEW' FROM duckdb_views() WHERE temporary AND NOT internal
+    """).fetchall():
+        if kind == "VIEW":
+            conn.unregister(name)
+        else:
+            conn.execute(f'DROP TABLE IF EXISTS temp."{name}"')
+
+
 def _ledger_entry(row: tuple[Any, ...], previous_status: str | None = None) -> LedgerEntry:
     key, integration, action, status, attempts, request, outcome, remote_id, message, created, updated, \
         finished = row
@@ -241,13 +379,15 @@ class StateStore:
     Secrets are never stored here: the store is never given credentials, tokens or auth headers.
     """
 
-    def __init__(self, path: Path | str, *, timeout: float = 120.0) -> None:
+    def __init__(self, path: Path | str, *, timeout: float = 120.0, hold: float = 0.1,
+                 max_lease: float = 1.0) -> None:
         path = Path(path).expanduser()
         self.path = path if path.suffix in {".duckdb", ".db"} else path / DB_FILE_NAME
         self.timeout = timeout
+        self.hold = hold
+        self.max_lease = max_lease
+        self._schema_checked = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.path) + ".lock", timeout=timeout)
-        self._schema_ready = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> StateStore:
@@ -261,36 +401,14 @@ class StateStore:
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A fresh connection under the file lock, inside a transaction; closed (and the lock released)
-        on exit. An exception rolls the transaction back."""
-        started = time.monotonic()
-        try:
-            self._lock.acquire(poll_interval=0.005)  # default 50 ms would idle between short ops
-        except FileLockTimeout:
-            raise StateStoreError(f"state store {self.path} stayed busy for {self.timeout:.0f} s") from None
-        try:
-            conn = self._open(started)
-            try:
-                if not self._schema_ready:
-                    self._create_schema(conn)
-                conn.execute("BEGIN TRANSACTION")
-                yield conn
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-        finally:
-            self._lock.release()
+        """A connection under the file lock, inside a transaction (committed on exit, rolled back on an
+        exception). Every store of this process on the same file shares it; see the module docstring."""
+        with _Database.of(self.path).transaction(self) as conn:
+            yield conn
 
-    def _open(self, started: float) -> duckdb.DuckDBPyConnection:
-        delay = 0.05
-        while True:
-            try:
-                return duckdb.connect(str(self.path))
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() - started > self.timeout:
-                    raise StateStoreError(f"cannot open state store {self.path}: {exc}") from None
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 1.0)
+    def close(self) -> None:
+        """Give the database back now instead of after `hold` seconds."""
+        _Database.of(self.path).release()
 
     def _create_schema(self, conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(_SCHEMA)
@@ -300,7 +418,6 @@ class StateStore:
         elif int(row[0]) > SCHEMA_VERSION:
             raise StateStoreError(f"state store {self.path} has schema version {row[0]}, newer than this "
                                   f"program's {SCHEMA_VERSION}; upgrade billbee-pulpo")
-        self._schema_ready = True
 
     def schema_version(self) -> int:
         with self._connect() as conn:
@@ -329,13 +446,21 @@ class StateStore:
         with self._connect() as conn:
             return self._diff(conn, dataset, frame, complete=complete)
 
-    def upsert_snapshot(self, dataset: str, rows: Rows) -> SnapshotDiff:
+    def upsert_snapshot(self, dataset: str, rows: Rows, *, refresh_payloads: bool = False) -> SnapshotDiff:
         """Add or update some rows of the snapshot (keys not in `rows` stay; `removed` is always 0): for
-        incremental reads and for committing the records a write succeeded for."""
+        incremental reads and for committing the records a write succeeded for. `refresh_payloads`
+        also stores the payload of rows whose hash is unchanged (a newer version of a record whose
+        hashed content is the same: still 'unchanged' in the diff)."""
         frame = _frame(rows)
         with self._connect() as conn:
             diff = self._diff(conn, dataset, frame, complete=False)
             self._apply(conn, dataset)
+            if refresh_payloads:
+                conn.execute("""
+                    UPDATE snapshot_rows s SET payload = i.payload FROM incoming i
+                    WHERE s.dataset = $dataset AND s.key = i.key AND s.hash = i.hash
+                      AND s.payload IS DISTINCT FROM i.payload
+                """, {"dataset": dataset})
             self._write_snapshot_meta(conn, dataset)
         return diff
 

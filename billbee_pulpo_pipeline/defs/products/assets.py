@@ -11,7 +11,8 @@ or changed.
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
 import gc
 import hashlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import dagster as dg
@@ -21,80 +22,144 @@ from billbee_pulpo_pipeline.defs.common import (
     STATE_STORE_KEY,
     CallMeter,
     Flow,
+    WriteConfig,
     canonical_json,
     count_metadata,
     flow_definitions,
     preview_table,
 )
 from billbee_pulpo_pipeline.defs.products.state import SNAPSHOT_QUARANTINE, Comparison, ProductDatasets
-from billbee_pulpo_pipeline.defs.products.writer import writer_asset
+from billbee_pulpo_pipeline.defs.products.writer import ProductWriter, accounted_check
+from billbee_pulpo_pipeline.defs.write_behind import WriteBehind
 from billbee_pulpo_pipeline.mapping.products import product_fields, unlinkable_reason
+from billbee_pulpo_pipeline.state import StateStore
 
 PLAUSIBLE_CHECK = "snapshot_plausible"
+ACCOUNTED_CHECK = "all_products_accounted_for"
+STORE_EVERY = 5000  # changed products held before they are stored, even while the writer is busy
 HASH_VERSION = "lean-v1"  # part of every hash: a new scheme re-evaluates every product once
 LEAN_JSON = LeanProduct.__pydantic_serializer__  # bytes straight from pydantic-core
 
 
 def build(flow: Flow) -> dg.Definitions:
-    return flow_definitions(flow, [snapshot_asset(flow), writer_asset(flow)], "Billbee products → PULPO.")
+    return flow_definitions(flow, [products_assets(flow)], "Billbee products → PULPO.")
 
 
-def snapshot_asset(flow: Flow) -> dg.AssetsDefinition:
+def products_assets(flow: Flow) -> dg.AssetsDefinition:
+    """`billbee_products` and `pulpo_products`: two assets, one op, so that a run materializing both
+    writes to PULPO while the Billbee read waits for its pacer (see `write_behind.py`). Either can
+    be materialized alone: the snapshot without writing, the writer from the stored snapshot."""
     settings = flow.integration.settings
     language = getattr(settings, "title_language", "de")
     deactivate_removed = bool(getattr(settings, "deactivate_removed", True))
-    key = flow.key("billbee_products")
+    snapshot_key, writer_key = flow.key("billbee_products"), flow.key("pulpo_products")
 
-    @dg.asset(
-        key=key,
-        group_name=flow.slug,
-        kinds={"billbee", "duckdb"},
-        required_resource_keys={flow.source_key, STATE_STORE_KEY},
-        tags=flow.tags,
-        check_specs=[dg.AssetCheckSpec(
-            PLAUSIBLE_CHECK, asset=key, blocking=True,
-            description="Blocks the PULPO write when the snapshot looks like an incomplete Billbee answer: "
-                        "empty while PULPO has products of this integration, or missing more than half of "
-                        "the products PULPO acknowledged (which would deactivate them).")],
-        description=f"""All products of Billbee account '{flow.source.name}' ({flow.name}).
+    @dg.multi_asset(
+        name=f"{flow.slug}__products",
+        specs=[
+            dg.AssetSpec(snapshot_key, group_name=flow.slug, kinds={"billbee", "duckdb"}, tags=flow.tags,
+                         skippable=True, description=SNAPSHOT_DESCRIPTION.format(
+                             account=flow.source.name, flow=flow.name, check=PLAUSIBLE_CHECK)),
+            dg.AssetSpec(writer_key, group_name=flow.slug, kinds={"pulpo", "duckdb"}, tags=flow.tags,
+                         deps=[snapshot_key], skippable=True,
+                         description=WRITER_DESCRIPTION.format(user=flow.target.name, flow=flow.name)),
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                PLAUSIBLE_CHECK, asset=snapshot_key, blocking=True,
+                description="Holds back deactivations in PULPO when the snapshot looks like an incomplete "
+                            "Billbee answer: empty while PULPO has products of this integration, or missing "
+                            "more than half of the products PULPO acknowledged."),
+            dg.AssetCheckSpec(
+                ACCOUNTED_CHECK, asset=writer_key,
+                description="Every product of the Billbee snapshot is in PULPO with its current content, or in "
+                            "quarantine with a reason (or a bundle skipped by `bundles: skip`)."),
+        ],
+        can_subset=True,
+        required_resource_keys={flow.source_key, flow.target_key, STATE_STORE_KEY},
+    )
+    def products(context: dg.AssetExecutionContext, config: WriteConfig) -> Iterator[dg.MaterializeResult]:
+        store = context.resources.state_store.store()
+        selected = context.selected_asset_keys
+        writer = None
+        if writer_key in selected:
+            pulpo = getattr(context.resources, flow.target_key).client()
+            writer_meter = CallMeter(pulpo=pulpo.stats)
+            writer = ProductWriter(flow, pulpo, store, dry_run=config.dry_run, log=context.log)
+        if snapshot_key in selected:
+            early_writes = writer.write_pass if writer is not None and not config.dry_run else None
+            snapshot, check = take_snapshot(context, flow, store, language, deactivate_removed, early_writes)
+            yield dg.MaterializeResult(asset_key=snapshot_key, metadata=snapshot, check_results=[check])
+            if not check.passed:
+                if writer is not None and writer.counts:
+                    context.log.warning(f"{flow.name}: written while reading, before the check failed: "
+                                        f"{dict(writer.counts)}; nothing was deactivated")
+                return  # the failed blocking check fails the run: no deactivation on a doubtful snapshot
+        if writer is not None:
+            comparison = writer.run()
+            yield dg.MaterializeResult(asset_key=writer_key,
+                                       metadata={**writer.metadata(), **writer_meter.metadata()},
+                                       check_results=[accounted_check(comparison, writer)])
+
+    return products
+
+
+SNAPSHOT_DESCRIPTION = """All products of Billbee account '{account}' ({flow}).
 
 Full scan of `GET /products` (250 per page), stored in DuckDB with a content hash per product over
 the fields the flow reads. Products without SKU or with a SKU another product already uses go to
-quarantine with the reason; the rest go on. The blocking check `{PLAUSIBLE_CHECK}` stops the PULPO
-write when the snapshot would deactivate most products.""",
-    )
-    def billbee_products(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        client = getattr(context.resources, flow.source_key).client()
-        store = context.resources.state_store.store()
-        meter = CallMeter(billbee=client.stats)
-        datasets = ProductDatasets(store, flow)
-        scan = SnapshotScan(language, datasets.hash_prefixes(datasets.snapshot))
-        with quiet_gc():
-            for page in client.iter_product_pages_lean(page_size=250):
-                scan.add(page.items)
-                if page.number % 40 == 0:
-                    context.log.info(f"{flow.name}: read {scan.total:,} products")
-        rows, removed = scan.changed_rows(), scan.removed_keys()
-        diff = store.upsert_snapshot(datasets.snapshot, rows) if rows else None
-        if removed:
-            store.delete_snapshot_rows(datasets.snapshot, removed)
-        store.quarantine_sync(flow.slug, SNAPSHOT_QUARANTINE,
-                              {q["billbee_id"]: (q["reason"], q) for q in scan.quarantined})
-        total, quarantined, unchanged = scan.total, scan.quarantined, scan.unchanged
-        del scan, rows
-        check = plausibility(datasets.compare(), flow, deactivate_removed)
-        return dg.MaterializeResult(
-            metadata={
-                **count_metadata(total=total, new=diff.new if diff else 0, changed=diff.changed if diff else 0,
-                                 removed=len(removed), unchanged=unchanged + (diff.unchanged if diff else 0),
-                                 quarantined=len(quarantined), records_read=total),
-                **meter.metadata(),
-                "quarantine_preview": preview_table(quarantined),
-            },
-            check_results=[check],
-        )
+quarantine with the reason; the rest go on. The blocking check `{check}` holds back deactivations
+in PULPO when the snapshot would deactivate most products."""
 
-    return billbee_products
+WRITER_DESCRIPTION = """Products of PULPO user '{user}' kept equal to the Billbee snapshot ({flow}).
+
+Writes only what differs from what PULPO acknowledged: new products (bulk create, after looking
+their SKUs up in PULPO so nothing is created twice), changed ones (bulk update), bundles as PULPO
+kits, and deactivates products deleted in Billbee (`deactivate_removed`). PULPO's refusals go to
+quarantine with its reason; the rest goes on. In a run with the snapshot, new and changed products
+are written while Billbee is still being read. Launchpad `dry_run: true` shows the plan, writes nothing."""
+
+
+def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateStore, language: str,
+                  deactivate_removed: bool, early_writes: Callable[[], None] | None,
+                  ) -> tuple[dict[str, dg.MetadataValue], dg.AssetCheckResult]:
+    """Scan Billbee into the snapshot; with `early_writes`, changes are stored page by page and the
+    writer's early passes run meanwhile. Returns the metadata and the plausibility check."""
+    client = getattr(context.resources, flow.source_key).client()
+    meter = CallMeter(billbee=client.stats)
+    datasets = ProductDatasets(store, flow)
+    scan = SnapshotScan(language, datasets.hash_prefixes(datasets.snapshot))
+    counts: Counter[str] = Counter()
+
+    def store_changes() -> None:
+        rows = scan.take_changed_rows()
+        if rows:
+            diff = store.upsert_snapshot(datasets.snapshot, rows)
+            counts.update(new=diff.new, changed=diff.changed, unchanged=diff.unchanged)
+
+    with quiet_gc(), WriteBehind(early_writes, name=f"{flow.slug}-pulpo-writes") as behind:
+        for page in client.iter_product_pages_lean(page_size=250):
+            scan.add(page.items)
+            if behind.idle or scan.pending_rows >= STORE_EVERY:
+                store_changes()
+                behind.wake()
+            if page.number % 40 == 0:
+                context.log.info(f"{flow.name}: read {scan.total:,} products")
+        store_changes()
+    removed = scan.removed_keys()
+    if removed:
+        store.delete_snapshot_rows(datasets.snapshot, removed)
+    store.quarantine_sync(flow.slug, SNAPSHOT_QUARANTINE,
+                          {q["billbee_id"]: (q["reason"], q) for q in scan.quarantined})
+    check = plausibility(datasets.compare(), flow, deactivate_removed)
+    metadata = {
+        **count_metadata(total=scan.total, new=counts["new"], changed=counts["changed"], removed=len(removed),
+                         unchanged=scan.unchanged + counts["unchanged"], quarantined=len(scan.quarantined),
+                         records_read=scan.total),
+        **meter.metadata(),
+        "quarantine_preview": preview_table(scan.quarantined),
+    }
+    return metadata, check
 
 
 @contextmanager
@@ -166,8 +231,15 @@ class SnapshotScan:
         reason = unlinkable_reason({"billbee_id": key, "sku": sku}, {(sku or "").strip(): str(owner)} if owner else {})
         self.quarantined.append({"billbee_id": key, "sku": sku or "", "reason": reason or "unlinkable"})
 
-    def changed_rows(self) -> list[tuple[str, str, str]]:
-        return [(key, digest, payload) for key, (digest, payload) in self.changed.items()]
+    @property
+    def pending_rows(self) -> int:
+        return len(self.changed)
+
+    def take_changed_rows(self) -> list[tuple[str, str, str]]:
+        """The changed products since the last call, as snapshot rows (and forget them)."""
+        rows = [(key, digest, payload) for key, (digest, payload) in self.changed.items()]
+        self.changed = {}
+        return rows
 
     def removed_keys(self) -> list[str]:
         return [str(key) for key in self.stored]
@@ -186,11 +258,13 @@ def plausibility(comparison: Comparison, flow: Flow, deactivate_removed: bool) -
                 "acknowledged_by_pulpo": dg.MetadataValue.int(acknowledged),
                 "would_deactivate": dg.MetadataValue.int(removed if deactivate_removed else 0)}
     if problem is None:
-        return dg.AssetCheckResult(check_name=PLAUSIBLE_CHECK, passed=True, metadata=metadata,
-                                   description="snapshot is plausible: the PULPO write may run")
+        return dg.AssetCheckResult(asset_key=flow.key("billbee_products"), check_name=PLAUSIBLE_CHECK,
+                                   passed=True, metadata=metadata,
+                                   description="snapshot is plausible: deactivations in PULPO may run")
     return dg.AssetCheckResult(
-        check_name=PLAUSIBLE_CHECK, passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-        description=f"Nothing was written to PULPO: {problem}. This is what an incomplete Billbee answer "
+        asset_key=flow.key("billbee_products"), check_name=PLAUSIBLE_CHECK, passed=False,
+        severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+        description=f"Nothing was deactivated in PULPO: {problem}. This is what an incomplete Billbee answer "
                     "looks like (an outage, another API user, a changed account). Check the products in "
                     "Billbee. If they really were deleted, materialize "
                     f"`{flow.key('pulpo_products').to_user_string()}` on its own (this check guards only runs "

@@ -40,10 +40,7 @@ import dagster as dg
 from billbee_pulpo_pipeline.clients.http import ApiError, RequestRejectedError
 from billbee_pulpo_pipeline.clients.pulpo import BulkResult, Kit, PulpoClient
 from billbee_pulpo_pipeline.defs.common import (
-    STATE_STORE_KEY,
-    CallMeter,
     Flow,
-    WriteConfig,
     canonical_json,
     count_metadata,
     preview_table,
@@ -149,19 +146,20 @@ class ProductWriter:
         self._mapping: dict[str, str] = {}
         self._mapping_known: set[str] = set()
         self._pulpo_index: dict[str, tuple[int, str]] | None = None
-        self._parked: dict[str, QuarantineEntry] = {}
+        self._parked: dict[str, QuarantineEntry] | None = None
         self._component_skus: dict[str, tuple[int, str]] = {}
 
     # ---- run ---------------------------------------------------------------------------------------
 
     def run(self, comparison: Comparison | None = None) -> Comparison:
+        """The complete pass: removals, new and changed products, kits, quarantine."""
         comparison = comparison or self.data.compare()
-        self.counts["unchanged"] += comparison.unchanged
+        # Products acknowledged by this run's early passes count as written, not as unchanged.
+        self.counts["unchanged"] += max(comparison.unchanged - len(self.completed), 0)
         if comparison.removed:
             self._remove(comparison.removed)
         if comparison.pending:
-            self._parked = {q.record_key: q for q in self.store.quarantine_list(
-                self.flow.slug, kind=WRITER_QUARANTINE)}
+            self._load_parked()
             bundles: list[Item] = []
             for keys in _chunks(comparison.pending, CHUNK_SIZE):
                 bundles += self._converge(self._load(keys))
@@ -171,6 +169,28 @@ class ProductWriter:
             self.store.quarantine_sync(self.flow.slug, WRITER_QUARANTINE, self.quarantine)
             self._close_interrupted()
         return comparison
+
+    def write_pass(self) -> None:
+        """An early pass while the snapshot is still being read (see `write_behind.py`): new and
+        changed products, and bundles whose components are all in PULPO already. Other bundles (their
+        components may come on a later page), removals and what this run parked wait for the
+        complete pass."""
+        keys = [k for k in self.data.compare().pending if k not in self.quarantine and k not in self.skipped]
+        self._load_parked()
+        for chunk in _chunks(keys, CHUNK_SIZE):
+            items = self._load(chunk)
+            mapped = self.mapping(str(line["article_id"]) for i in items if i.bundle
+                                  for line in i.fields.get("bill_of_material") or [] if line.get("article_id"))
+            ready = [i for i in items if not i.bundle or all(
+                str(line.get("article_id")) in mapped for line in i.fields.get("bill_of_material") or [])]
+            bundles = self._converge(ready) if ready else []
+            if bundles:
+                self._kits(bundles)
+
+    def _load_parked(self) -> None:
+        if self._parked is None:
+            self._parked = {q.record_key: q for q in self.store.quarantine_list(self.flow.slug,
+                                                                                 kind=WRITER_QUARANTINE)}
 
     def _close_interrupted(self) -> None:
         """Ledger entries a killed run left 'pending' are closed once they are clearly stale: their
@@ -237,10 +257,14 @@ class ProductWriter:
 
     def _still_refused(self, item: Item) -> bool:
         """A product PULPO refused is sent again only once it changed in Billbee."""
-        parked = self._parked.get(item.billbee_id)
-        payload = parked.payload if parked is not None and isinstance(parked.payload, dict) else {}
+        if item.billbee_id in self.quarantine:  # parked by an earlier pass of this run
+            reason, payload = self.quarantine[item.billbee_id]
+        else:
+            parked = (self._parked or {}).get(item.billbee_id)
+            reason = parked.reason if parked is not None else ""
+            payload = parked.payload if parked is not None and isinstance(parked.payload, dict) else {}
         if payload.get("retry") == RETRY_ON_CHANGE and payload.get("hash") == item.snapshot_hash:
-            self.quarantine[item.billbee_id] = (parked.reason, payload)  # type: ignore[union-attr]
+            self.quarantine[item.billbee_id] = (reason, payload)
             return True
         return False
 
@@ -617,7 +641,7 @@ class ProductWriter:
         nor bundles skipped by setting (a dry run judges the state before its planned writes)."""
         accounted = self.completed | set(self.quarantine) | self.skipped
         if self.dry_run:
-            accounted |= set(self._parked)
+            accounted |= set(self._parked or {})
         return [key for key in comparison.pending if key not in accounted]
 
     def metadata(self) -> dict[str, dg.MetadataValue]:
@@ -639,43 +663,11 @@ class ProductWriter:
         }
 
 
-def writer_asset(flow: Flow) -> dg.AssetsDefinition:
-    key = flow.key("pulpo_products")
-
-    @dg.asset(
-        key=key,
-        group_name=flow.slug,
-        kinds={"pulpo", "duckdb"},
-        deps=[flow.key("billbee_products")],
-        required_resource_keys={flow.target_key, STATE_STORE_KEY},
-        tags=flow.tags,
-        check_specs=[dg.AssetCheckSpec(
-            "all_products_accounted_for", asset=key,
-            description="Every product of the Billbee snapshot is in PULPO with its current content, or in "
-                        "quarantine with a reason (or a bundle skipped by `bundles: skip`).")],
-        description=f"""Products of PULPO user '{flow.target.name}' kept equal to the Billbee snapshot ({flow.name}).
-
-Writes only what differs from what PULPO acknowledged: new products (bulk create, after looking
-their SKUs up in PULPO so nothing is created twice), changed ones (bulk update), bundles as PULPO
-kits, and deactivates products deleted in Billbee (`deactivate_removed`). PULPO's refusals go to
-quarantine with its reason; the rest goes on. Launchpad `dry_run: true` shows the plan, writes nothing.""",
-    )
-    def pulpo_products(context: dg.AssetExecutionContext, config: WriteConfig) -> dg.MaterializeResult:
-        client = getattr(context.resources, flow.target_key).client()
-        store = context.resources.state_store.store()
-        meter = CallMeter(pulpo=client.stats)
-        writer = ProductWriter(flow, client, store, dry_run=config.dry_run, log=context.log)
-        comparison = writer.run()
-        return dg.MaterializeResult(metadata={**writer.metadata(), **meter.metadata()},
-                                    check_results=[accounted_check(comparison, writer)])
-
-    return pulpo_products
-
-
 def accounted_check(comparison: Comparison, writer: ProductWriter) -> dg.AssetCheckResult:
     missing = writer.unaccounted(comparison)
     dry = " (dry run: PULPO as it was before the planned writes)" if writer.dry_run else ""
     return dg.AssetCheckResult(
+        asset_key=writer.flow.key("pulpo_products"),
         check_name="all_products_accounted_for",
         passed=not missing,
         severity=dg.AssetCheckSeverity.WARN,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from billbee_pulpo_pipeline.defs.common import Flow
-from billbee_pulpo_pipeline.defs.sales_orders.assets import billbee_orders_asset, partitions_for
+from billbee_pulpo_pipeline.defs.sales_orders.assets import partitions_for, sales_orders_assets
 from billbee_pulpo_pipeline.defs.sales_orders.automation import gap_filler_sensor, orders_schedule
-from billbee_pulpo_pipeline.defs.sales_orders.writer import pulpo_sales_orders_asset
 
 
 def build(flow: Flow) -> dg.Definitions:
     partitions = partitions_for(flow)
-    assets = [billbee_orders_asset(flow, partitions), pulpo_sales_orders_asset(flow)]
+    assets = [sales_orders_assets(flow, partitions)]
     job = dg.define_asset_job(f"{flow.slug}_job", selection=dg.AssetSelection.groups(flow.slug), tags=flow.tags,
                               description=f"{flow.name}: Billbee orders → PULPO.")
     return dg.Definitions(assets=assets, jobs=[job], schedules=[orders_schedule(flow, job, partitions)],

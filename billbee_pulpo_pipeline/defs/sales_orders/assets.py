@@ -9,7 +9,8 @@ changed since the previous read of that window (a watermark per window, see wind
 
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
 import json
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from billbee_pulpo_pipeline.defs.common import (
     STATE_STORE_KEY,
     CallMeter,
     Flow,
+    WriteConfig,
     canonical_json,
     count_metadata,
     fingerprint,
@@ -37,6 +39,9 @@ from billbee_pulpo_pipeline.defs.sales_orders.windows import (
     read_range,
     utc_now,
 )
+from billbee_pulpo_pipeline.defs.sales_orders.writer import CHECK as WRITER_CHECK
+from billbee_pulpo_pipeline.defs.sales_orders.writer import WRITER, OrderWriter, accounted_check
+from billbee_pulpo_pipeline.defs.write_behind import WriteBehind
 from billbee_pulpo_pipeline.mapping.orders import content_fields, order_fields
 from billbee_pulpo_pipeline.state import StateStore
 
@@ -60,8 +65,8 @@ def read_until_cursor(flow: Flow, partition_key: str) -> str:
     return f"{flow.slug}.orders_read_until.{partition_key}"
 
 
-class OrdersReadConfig(dg.Config):
-    """Launchpad options of `billbee_orders`; the defaults are what the schedule and sensor run."""
+class OrdersSyncConfig(WriteConfig):
+    """Launchpad options of the orders op; the defaults are what the schedule and sensor run."""
 
     reread: bool = Field(False, description="Read the whole window again instead of only what changed since "
                                             "its watermark (unchanged orders still cause no write downstream).")
@@ -106,86 +111,155 @@ def _last_modified(payload: str) -> datetime | None:
     return parse_billbee_datetime(value) if value else None
 
 
-def billbee_orders_asset(flow: Flow, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    key = flow.key(ORDERS)
-    dataset = flow.dataset(ORDERS)
+def sales_orders_assets(flow: Flow, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """`billbee_orders` (hourly windows) and `pulpo_sales_orders`: two assets, one op, so that a run
+    materializing both writes to PULPO while the Billbee read waits for its pacer (`write_behind.py`).
+    Either can be materialized alone: a window read without writing, or the writer over what is stored."""
+    reader_key, writer_key = flow.key(ORDERS), flow.key(WRITER)
 
-    @dg.asset(
-        key=key,
-        group_name=flow.slug,
-        kinds={"billbee", "duckdb"},
-        partitions_def=partitions,
-        required_resource_keys={flow.source_key, STATE_STORE_KEY},
-        tags=flow.tags,
-        check_specs=[dg.AssetCheckSpec(
-            CONSISTENCY_CHECK, asset=key, blocking=True,
-            description="The window was read from a consistent page set (unique ids = TotalRows of the final "
-                        "pass) and every order read has a state and order items that parse. Blocking: a bad "
-                        "read never reaches PULPO.")],
-        description=f"""Billbee orders of account '{flow.source.name}' changed in one UTC hour ({flow.name}).
+    @dg.multi_asset(
+        name=f"{flow.slug}__sales_orders",
+        specs=[
+            dg.AssetSpec(reader_key, group_name=flow.slug, kinds={"billbee", "duckdb"}, tags=flow.tags,
+                         partitions_def=partitions, skippable=True, description=reader_description(flow)),
+            dg.AssetSpec(writer_key, group_name=flow.slug, kinds={"pulpo", "duckdb"}, tags=flow.tags,
+                         deps=[reader_key], skippable=True, description=writer_description(flow)),
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                CONSISTENCY_CHECK, asset=reader_key, blocking=True,
+                description="The window was read from a consistent page set (unique ids = TotalRows of the "
+                            "final pass) and every order read has a state and order items that parse. "
+                            "Blocking: an order that does not parse never reaches PULPO."),
+            dg.AssetCheckSpec(
+                WRITER_CHECK, asset=writer_key, blocking=False,
+                description="Every importable order the run handled is in PULPO, quarantined with a reason or "
+                            "skipped with a reason (e.g. only vouchers). Warns; the run's writes stand."),
+        ],
+        can_subset=True,
+        required_resource_keys={flow.source_key, flow.target_key, STATE_STORE_KEY},
+        # Runs of several windows (backfills, the gap filler) each write. Racing writers are safe
+        # (PULPO refuses a second order with the same order_num and the loser adopts it), but wasteful:
+        # a pool limit of 1 (dagster.yaml `concurrency: pools:`) makes them queue instead.
+        pool=f"{flow.slug}_pulpo_writes",
+    )
+    def sales_orders(context: dg.AssetExecutionContext, config: OrdersSyncConfig) -> Iterator[dg.MaterializeResult]:
+        store = context.resources.state_store.store()
+        writer = None
+        if writer_key in context.selected_asset_keys:
+            pulpo = getattr(context.resources, flow.target_key).client()
+            writer_meter = CallMeter(pulpo=pulpo.stats)
+            writer = OrderWriter(flow, pulpo, store, dry_run=config.dry_run, log=context.log)
+        if reader_key in context.selected_asset_keys:
+            early_writes = writer.write_pass if writer is not None and not config.dry_run else None
+            metadata, check = read_window(context, flow, store, config, early_writes)
+            yield dg.MaterializeResult(asset_key=reader_key, metadata=metadata, check_results=[check])
+            if not check.passed:
+                return  # the failed blocking check fails the run; the window is read again next time
+        if writer is not None:
+            yield write_result(context, flow, writer, writer_meter, config.dry_run)
+
+    return sales_orders
+
+
+def read_window(context: dg.AssetExecutionContext, flow: Flow, store: StateStore, config: OrdersSyncConfig,
+                early_writes: Callable[[], None] | None) -> tuple[dict[str, dg.MetadataValue], dg.AssetCheckResult]:
+    """Read the partition's window (what changed since its watermark), storing each page as it comes
+    so that the writer's early passes run meanwhile; advance the watermark when all is well."""
+    client = getattr(context.resources, flow.source_key).client()
+    meter = CallMeter(billbee=client.stats)
+    dataset = flow.dataset(ORDERS)
+    window = context.partition_time_window
+    cursor = read_until_cursor(flow, context.partition_key)
+    previous = parse_watermark(store.get_cursor(cursor))
+    started = utc_now()
+    wanted = read_range(window.start, window.end, previous, started, reread=config.reread)
+    counts: Counter[str] = Counter()
+
+    with WriteBehind(early_writes, name=f"{flow.slug}-pulpo-writes") as behind:
+        def store_page(page: ResultPage[Order]) -> None:  # runs while the pacer waits for the next page
+            usable = [o for o in page.items if order_problem(o) is None]
+            fresh, stale = without_stale(store, dataset, usable)
+            # Refreshed payloads keep each order's stored LastModifiedAt current (`without_stale` compares it).
+            diff = store.upsert_snapshot(dataset, [order_row(o) for o in fresh], refresh_payloads=True)
+            counts.update(new=diff.new, changed=diff.changed, unchanged=diff.unchanged, stale=stale)
+            if diff.new or diff.changed:
+                behind.wake()
+
+        result = WindowRead.nothing() if wanted is None else read_orders(
+            client, wanted, page_size=config.page_size, on_shift=context.log.warning, on_page=store_page)
+
+    problems = [{"billbee_order_id": str(o.BillBeeOrderId), "problem": p}
+                for o in result.orders if (p := order_problem(o)) is not None]
+    # Orders that cannot go on are not stored and keep the watermark back: the check fails (blocking
+    # the PULPO write) and the next run reads them again, until Billbee answers them whole.
+    read_until = previous if problems else advanced_watermark(window.start, window.end, previous, started)
+    if read_until is not None and read_until != previous:
+        store.set_cursor(cursor, format_watermark(read_until))
+    complete = is_complete(read_until, window.end)
+    context.log.info(f"{flow.name} {context.partition_key}: read {len(result.orders)} orders in "
+                     f"{wanted or 'nothing (window complete)'}, {counts['new']} new, {counts['changed']} changed")
+    metadata = {
+        **count_metadata(records_read=len(result.orders), new=counts["new"], changed=counts["changed"],
+                         unchanged=counts["unchanged"], stale_skipped=counts["stale"], pages=result.pages,
+                         rereads=max(result.rereads, 0), problems=len(problems)),
+        **meter.metadata(),
+        "window": dg.MetadataValue.text(f"({window.start.isoformat()}, {window.end.isoformat()}]"),
+        "read_range": dg.MetadataValue.text(str(wanted) if wanted else "none"),
+        "read_until": dg.MetadataValue.text(format_watermark(read_until) if read_until else ""),
+        "complete": dg.MetadataValue.bool(complete),
+    }
+    return metadata, consistency_result(flow, result, problems)
+
+
+def write_result(context: dg.AssetExecutionContext, flow: Flow, writer: OrderWriter, meter: CallMeter,
+                 dry_run: bool) -> dg.MaterializeResult:
+    """The writer's complete pass and its materialization; fails the run when PULPO stopped it."""
+    report = writer.run()
+    metadata = {**report.metadata(dry_run), **meter.metadata()}
+    c = report.counts
+    context.log.info(f"{flow.name}: {report.read} orders pending; created {c['created']}, adopted "
+                     f"{c['adopted']}, cancelled {c['cancelled']}, updated {c['updated']}, attention "
+                     f"{c['attention']}, quarantined {c['quarantined']}, skipped {c['skipped']}")
+    if writer.halted:
+        raise dg.Failure(description=f"{c['failed']} order(s) not written: {writer.halted}. They stay "
+                                     "pending and the next run retries them (looking each up first).",
+                         metadata=metadata)
+    return dg.MaterializeResult(asset_key=flow.key(WRITER), metadata=metadata,
+                                check_results=[accounted_check(writer, flow)])
+
+
+def reader_description(flow: Flow) -> str:
+    return f"""Billbee orders of account '{flow.source.name}' changed in one UTC hour ({flow.name}).
 
 `GET /orders` with `modifiedAtMin` (exclusive) .. `modifiedAtMax` (inclusive), 250 per page. Each run
 reads only what changed since the window's watermark (minus a {int(OVERLAP.total_seconds() // 60)}-minute
 overlap), never past the moment the read starts; orders that change while the window is paged make it
-read again. The latest version of every order is upserted into DuckDB dataset `{dataset}` with a
-content hash; unchanged orders are not stored as changes and cause no PULPO write.
+read again. The latest version of every order is upserted into DuckDB dataset `{flow.dataset(ORDERS)}`
+with a content hash, page by page; unchanged orders are not stored as changes and cause no PULPO write.
 
 Re-running a window is always safe: once complete (`complete` = true in the metadata) a run makes no
 Billbee call; launchpad config `reread: true` reads the whole window again and stores only real
 changes. Windows missed during downtime are re-run by the `{flow.slug}_gap_filler` sensor; for longer
 outages use "Materialize missing" on this asset: windows never read show as missing, a window read only
-partly shows `complete: false` in its metadata (materialize its partition again).""",
-    )
-    def billbee_orders(context: dg.AssetExecutionContext, config: OrdersReadConfig) -> dg.MaterializeResult:
-        client = getattr(context.resources, flow.source_key).client()
-        store = context.resources.state_store.store()
-        meter = CallMeter(billbee=client.stats)
-        window = context.partition_time_window
-        cursor = read_until_cursor(flow, context.partition_key)
-        previous = parse_watermark(store.get_cursor(cursor))
-        started = utc_now()
-        wanted = read_range(window.start, window.end, previous, started, reread=config.reread)
-        prepared: dict[tuple[int, datetime | None], tuple[str, str, str]] = {}
-
-        def prepare(page: ResultPage[Order]) -> None:  # hashing while the pacer waits for the next page
-            prepared.update(((o.BillBeeOrderId, o.LastModifiedAt), order_row(o)) for o in page.items)
-
-        result = WindowRead.nothing() if wanted is None else read_orders(
-            client, wanted, page_size=config.page_size, on_shift=context.log.warning, on_page=prepare)
-
-        problems = [{"billbee_order_id": str(o.BillBeeOrderId), "problem": p}
-                    for o in result.orders if (p := order_problem(o)) is not None]
-        bad = {p["billbee_order_id"] for p in problems}
-        fresh, stale = without_stale(store, dataset, [o for o in result.orders if str(o.BillBeeOrderId) not in bad])
-        rows = [prepared.get((o.BillBeeOrderId, o.LastModifiedAt)) or order_row(o) for o in fresh]
-        diff = store.upsert_snapshot(dataset, rows)
-        # Orders that cannot go on are not stored and keep the watermark back: the check fails (blocking
-        # the PULPO write) and the next run reads them again, until Billbee answers them whole.
-        read_until = previous if problems else advanced_watermark(window.start, window.end, previous, started)
-        if read_until is not None and read_until != previous:
-            store.set_cursor(cursor, format_watermark(read_until))
-        complete = is_complete(read_until, window.end)
-        context.log.info(f"{flow.name} {context.partition_key}: read {len(result.orders)} orders in "
-                         f"{wanted or 'nothing (window complete)'}, {diff.new} new, {diff.changed} changed")
-        return dg.MaterializeResult(
-            metadata={
-                **count_metadata(records_read=len(result.orders), new=diff.new, changed=diff.changed,
-                                 unchanged=diff.unchanged, stale_skipped=stale, pages=result.pages,
-                                 rereads=max(result.rereads, 0), problems=len(problems)),
-                **meter.metadata(),
-                "window": dg.MetadataValue.text(f"({window.start.isoformat()}, {window.end.isoformat()}]"),
-                "read_range": dg.MetadataValue.text(str(wanted) if wanted else "none"),
-                "read_until": dg.MetadataValue.text(format_watermark(read_until) if read_until else ""),
-                "complete": dg.MetadataValue.bool(complete),
-            },
-            check_results=[consistency_result(result, problems)],
-        )
-
-    return billbee_orders
+partly shows `complete: false` in its metadata (materialize its partition again)."""
 
 
-def consistency_result(result: WindowRead, problems: list[dict[str, Any]]) -> dg.AssetCheckResult:
+def writer_description(flow: Flow) -> str:
+    return f"""PULPO sales orders of warehouse user '{flow.target.name}' converged to the Billbee
+orders of '{flow.source.name}' ({flow.name}).
+
+Takes every order of `{flow.dataset(ORDERS)}` whose hash was not processed yet (plus quarantined orders,
+re-evaluated every run): creates orders in the import states (bulk), cancels those in the cancel states,
+updates changed ones while PULPO still has them in `queue` and reports the rest as needing attention.
+Each write is framed by the ledger, so retries and crashes never duplicate an order. In a run with a
+window read, orders are written while Billbee is still being paged. Launchpad `dry_run: true` shows the
+plan and writes nothing."""
+
+
+def consistency_result(flow: Flow, result: WindowRead, problems: list[dict[str, Any]]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        asset_key=flow.key(ORDERS),
         check_name=CONSISTENCY_CHECK,
         passed=result.consistent and not problems,
         metadata={

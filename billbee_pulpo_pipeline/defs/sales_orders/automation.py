@@ -15,8 +15,16 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from billbee_pulpo_pipeline.defs.common import Flow, interval_cron, on_interval
-from billbee_pulpo_pipeline.defs.sales_orders.assets import ORDERS
-from billbee_pulpo_pipeline.defs.sales_orders.windows import OVERLAP, ended_windows, tick_windows
+from billbee_pulpo_pipeline.defs.sales_orders.assets import ORDERS, partitions_for, read_until_cursor
+from billbee_pulpo_pipeline.defs.sales_orders.windows import (
+    OVERLAP,
+    ended_windows,
+    floor_hour,
+    is_complete,
+    parse_watermark,
+    tick_windows,
+)
+from billbee_pulpo_pipeline.state import StateStore
 
 MAX_GAP_RUNS_PER_TICK = 4
 """Gap-filling runs requested per sensor tick (oldest first); the rest follow on later ticks."""
@@ -144,3 +152,19 @@ def gap_filler_sensor(flow: Flow, job: dg.UnresolvedAssetJobDefinition,
         ])
 
     return gap_filler
+
+
+def windows_to_sync(flow: Flow, store: StateStore, now: datetime | None = None) -> list[str]:
+    """Partition keys a one-off sync (`billbee-pulpo sync`, e.g. from cron) reads, oldest first: the
+    ended windows of the last `lookback_hours` whose watermark in the state store has not reached
+    their end, then the current hour. So changes made between a window's last read and its end are
+    never lost to a sync that runs after the hour turned, with or without the Dagster daemon."""
+    partitions = partitions_for(flow)
+    now = now or datetime.now(UTC)
+    lookback_hours = int(getattr(flow.integration.settings, "lookback_hours", 24))
+    ended = [_key(partitions, start) for start in ended_windows(now, lookback_hours, _first_start(partitions),
+                                                                timedelta(0))]
+    unfinished = [key for key in ended if not is_complete(
+        parse_watermark(store.get_cursor(read_until_cursor(flow, key))),
+        partitions.time_window_for_partition_key(key).end)]
+    return [*unfinished, _key(partitions, floor_hour(now))]

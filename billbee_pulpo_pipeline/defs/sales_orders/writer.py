@@ -41,10 +41,7 @@ from billbee_pulpo_pipeline.clients.http import NotFoundError, RequestRejectedEr
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient, SalesOrder
 from billbee_pulpo_pipeline.config.models import SalesOrdersSettings
 from billbee_pulpo_pipeline.defs.common import (
-    STATE_STORE_KEY,
-    CallMeter,
     Flow,
-    WriteConfig,
     canonical_json,
     count_metadata,
     fingerprint,
@@ -169,6 +166,7 @@ class OrderWriter:
         self._customers: dict[str, int | None] = {}
         self._tenant_id: int | None = None
         self._halted: str | None = None
+        self._handled: set[tuple[str, str]] = set()
         self._reset_buffers()
 
     def _reset_buffers(self) -> None:
@@ -182,8 +180,22 @@ class OrderWriter:
     # ---- run ----------------------------------------------------------------------------------------
 
     def run(self) -> Report:
-        pending = self.store.pending_changes(self.flow.dataset(ORDERS), self.flow.dataset(PROCESSED))
-        self.report.read = len(pending)
+        """The complete pass: every pending order this run has not handled yet."""
+        self._pass()
+        return self.report
+
+    def write_pass(self) -> None:
+        """An early pass while Billbee is still being read (see `write_behind.py`)."""
+        if not self._halted:
+            self._pass()
+
+    def _pass(self) -> None:
+        # (id, hash) pairs: an order changed again during the run is pending anew and handled again.
+        pending = [(key, h) for key, h in self.store.pending_changes(self.flow.dataset(ORDERS),
+                                                                     self.flow.dataset(PROCESSED))
+                   if (key, h) not in self._handled]
+        self._handled.update(pending)
+        self.report.read += len(pending)
         self.open_quarantine = self.store.quarantine_open_keys(self.integration, kind=QUARANTINE_KIND)
         for chunk in chunks(pending, CHUNK):
             if self._halted:
@@ -199,7 +211,6 @@ class OrderWriter:
                 self.report.failures += [{"billbee_order_id": k, "reason": str(exc)} for k in failed]
             finally:
                 self._flush()
-        return self.report
 
     @property
     def halted(self) -> str | None:
@@ -652,6 +663,7 @@ def accounted_check(writer: OrderWriter, flow: Flow) -> dg.AssetCheckResult:
     report = writer.report
     missing = writer.unaccounted()
     return dg.AssetCheckResult(
+        asset_key=flow.key(WRITER),
         check_name=CHECK,
         passed=not missing,
         severity=dg.AssetCheckSeverity.WARN,
@@ -662,50 +674,3 @@ def accounted_check(writer: OrderWriter, flow: Flow) -> dg.AssetCheckResult:
             "dry_run": dg.MetadataValue.bool(writer.dry_run),
         },
     )
-
-
-def pulpo_sales_orders_asset(flow: Flow) -> dg.AssetsDefinition:
-    key = flow.key(WRITER)
-
-    @dg.asset(
-        key=key,
-        group_name=flow.slug,
-        deps=[flow.key(ORDERS)],
-        kinds={"pulpo", "duckdb"},
-        required_resource_keys={flow.target_key, STATE_STORE_KEY},
-        tags=flow.tags,
-        # Runs of several windows (backfills, the gap filler) each include this writer. Racing writers
-        # are safe (PULPO refuses a second order with the same order_num and the loser adopts it), but
-        # wasteful: a pool limit of 1 (dagster.yaml `concurrency: pools:`) makes them queue instead.
-        pool=f"{flow.slug}_pulpo_writes",
-        check_specs=[dg.AssetCheckSpec(
-            CHECK, asset=key, blocking=False,
-            description="Every importable order the run handled is in PULPO, quarantined with a reason or "
-                        "skipped with a reason (e.g. only vouchers). Warns; the run's writes stand.")],
-        description=f"""PULPO sales orders of warehouse user '{flow.target.name}' converged to the Billbee
-orders of '{flow.source.name}' ({flow.name}).
-
-Takes every order of `{flow.dataset(ORDERS)}` whose hash was not processed yet (plus quarantined orders,
-re-evaluated every run): creates orders in the import states (bulk), cancels those in the cancel states,
-updates changed ones while PULPO still has them in `queue` and reports the rest as needing attention.
-Each write is framed by the ledger, so retries and crashes never duplicate an order. Launchpad
-`dry_run: true` shows the plan and writes nothing.""",
-    )
-    def pulpo_sales_orders(context: dg.AssetExecutionContext, config: WriteConfig) -> dg.MaterializeResult:
-        client = getattr(context.resources, flow.target_key).client()
-        store = context.resources.state_store.store()
-        meter = CallMeter(pulpo=client.stats)
-        writer = OrderWriter(flow, client, store, dry_run=config.dry_run, log=context.log)
-        report = writer.run()
-        metadata = {**report.metadata(config.dry_run), **meter.metadata()}
-        c = report.counts
-        context.log.info(f"{flow.name}: {report.read} orders pending; created {c['created']}, adopted "
-                         f"{c['adopted']}, cancelled {c['cancelled']}, updated {c['updated']}, attention "
-                         f"{c['attention']}, quarantined {c['quarantined']}, skipped {c['skipped']}")
-        if writer.halted:
-            raise dg.Failure(description=f"{c['failed']} order(s) not written: {writer.halted}. They stay "
-                                         "pending and the next run retries them (looking each up first).",
-                             metadata=metadata)
-        return dg.MaterializeResult(metadata=metadata, check_results=[accounted_check(writer, flow)])
-
-    return pulpo_sales_orders
