@@ -108,11 +108,15 @@ def interval_schedule(flow: Flow, job: dg.UnresolvedAssetJobDefinition, name: st
     )
 
 
-def flow_definitions(flow: Flow, assets: list[dg.AssetsDefinition], what: str) -> dg.Definitions:
-    """An integration's assets with its job (the whole group) and the schedule at its interval."""
+def flow_definitions(flow: Flow, assets: list[dg.AssetsDefinition], what: str,
+                     sensors: Callable[[dg.UnresolvedAssetJobDefinition], list[dg.SensorDefinition]] | None = None,
+                     ) -> dg.Definitions:
+    """An integration's assets with its job (the whole group), the schedule at its interval and the
+    sensors `sensors(job)` makes."""
     job = dg.define_asset_job(f"{flow.slug}_job", selection=dg.AssetSelection.groups(flow.slug), tags=flow.tags,
                               description=f"{flow.name}: {what}")
-    return dg.Definitions(assets=assets, jobs=[job], schedules=[interval_schedule(flow, job, f"{flow.slug}_schedule")])
+    return dg.Definitions(assets=assets, jobs=[job], schedules=[interval_schedule(flow, job, f"{flow.slug}_schedule")],
+                          sensors=sensors(job) if sensors else None)
 
 
 def fingerprint(payload: Mapping[str, Any]) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dagster as dg
 
 from billbee_pulpo_pipeline.defs.common import Flow, flow_definitions
-from billbee_pulpo_pipeline.defs.pulpo_reads import packing_orders_asset
+from billbee_pulpo_pipeline.defs.packing_events import packing_orders_asset, packing_sensor
 
 
 def build(flow: Flow) -> dg.Definitions:
-    return flow_definitions(flow, [packing_orders_asset(flow)], "packing finished in PULPO → state in Billbee.")
+    return flow_definitions(flow, [packing_orders_asset(flow)], "packing finished in PULPO → state in Billbee.",
+                            sensors=lambda job: [packing_sensor(flow, job)])
