@@ -131,18 +131,18 @@ def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateSto
     scan = SnapshotScan(language, datasets.hash_prefixes(datasets.snapshot))
     counts: Counter[str] = Counter()
 
-    def store_changes() -> None:
+    def store_changes() -> bool:
         rows = scan.take_changed_rows()
         if rows:
             diff = store.upsert_snapshot(datasets.snapshot, rows)
             counts.update(new=diff.new, changed=diff.changed, unchanged=diff.unchanged)
+        return bool(rows)
 
     with quiet_gc(), WriteBehind(early_writes, name=f"{flow.slug}-pulpo-writes") as behind:
         for page in client.iter_product_pages_lean(page_size=250):
             scan.add(page.items)
-            if behind.idle or scan.pending_rows >= STORE_EVERY:
-                store_changes()
-                behind.wake()
+            if scan.pending_rows and (behind.idle or scan.pending_rows >= STORE_EVERY) and store_changes():
+                behind.wake()  # only when something changed: a pass over nothing still costs a compare
             if page.number % 40 == 0:
                 context.log.info(f"{flow.name}: read {scan.total:,} products")
         store_changes()
