@@ -7,8 +7,9 @@ method here works in one transaction on a connection taken under a cross-process
 so a process that just used it keeps it open for `hold` seconds (0.1) in case the next call follows
 (a writer's calls come in bursts); after that idle time, or at the latest `max_lease` seconds (1.0)
 after taking it, the connection is closed and the lock released, so other processes queue for at
-most about a second instead of failing. A DuckDB lock error (a process that ignores the file lock,
-such as the DuckDB CLI) is retried until `timeout`.
+most about a second instead of failing. A call that took longer than `HEAVY_CALL` closes it at once
+(reopening costs little next to it, and DuckDB's buffers go back to the system). A DuckDB lock error
+(a process that ignores the file lock, such as the DuckDB CLI) is retried until `timeout`.
 
 The store never receives secrets: callers store ids, hashes, business payloads and request summaries,
 never credentials or auth headers. Ids are VARCHAR, so 17-digit Billbee ids never pass through a float.
@@ -47,6 +48,7 @@ DB_FILE_NAME = "state.duckdb"
 HOME_ENV = "BPP_HOME"
 DEFAULT_HOME = ".bpp"
 
+HEAVY_CALL = 0.25   # seconds: a call that took longer releases the database at once instead of holding it
 YIELD_PAUSE = 0.03  # seconds a process that held the database for `max_lease` waits before taking it again
 
 LEDGER_STATUSES = ("pending", "done", "failed", "attention", "skipped")
@@ -259,6 +261,7 @@ class _Database:
                 return
             conn = self._take(store)
             self.depth = 1
+            self.used_at = time.monotonic()  # the call's start, for HEAVY_CALL
             try:
                 if not store._schema_checked:  # once per store object, as another version may have run
                     store._create_schema(conn)
@@ -272,9 +275,10 @@ class _Database:
                 raise
             finally:
                 self.depth = 0
-            self.used_at, self.hold, self.max_lease = time.monotonic(), store.hold, store.max_lease
-            if self.hold <= 0:
-                self.release()
+            started, self.used_at = self.used_at, time.monotonic()
+            self.hold, self.max_lease = store.hold, store.max_lease
+            if self.hold <= 0 or self.used_at - started > HEAVY_CALL:
+                self.release()  # after a heavy call reopening costs little, and closing frees DuckDB's memory
             elif self.used_at - self.leased_at >= self.max_lease:
                 self.release()
                 # The file lock is not fair: pause before taking it again so a waiting process gets in.
