@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import random
 import subprocess
@@ -710,3 +711,12 @@ def test_upsert_can_refresh_the_payload_of_rows_whose_hash_is_unchanged(store: S
     assert (refreshed.new, refreshed.changed, refreshed.unchanged) == (1, 0, 1)
     assert store.snapshot_rows("orders") == {"1": '{"v": 2}', "2": '{"v": 1}', "3": "{}"}
     assert store.snapshot_hashes("orders") == {"1": "h1", "2": "h2", "3": "h3"}
+
+
+def test_hash_prefixes_are_the_leading_hex_digits_of_numeric_keys_as_ints(store: StateStore) -> None:
+    sha = hashlib.sha256(b"x").hexdigest()
+    store.upsert_snapshot("p", [("30000000000000697", sha, "{}"), ("sku-1", sha, "{}"), ("7", "short", "{}")])
+    assert store.snapshot_hash_prefixes("p") == {30000000000000697: int(sha[:15], 16)}
+    assert store.snapshot_hash_prefixes("p", hex_digits=4) == {30000000000000697: int(sha[:4], 16)}
+    with pytest.raises(ValueError, match="hex_digits"):
+        store.snapshot_hash_prefixes("p", hex_digits=16)

@@ -63,13 +63,9 @@ class ProductDatasets:
         return self.store.snapshot_records(dataset, keys)
 
     def hash_prefixes(self, dataset: str) -> dict[int, int]:
-        """Billbee id → the first 60 bits of the stored hash, as ints: ~20 MB for 200,000 products,
+        """Billbee id -> the first 60 bits of the stored hash, as ints: ~20 MB for 200,000 products,
         where the hex texts take ~90 MB. Non-numeric keys are left out (they then count as changed)."""
-        prefixes = {}
-        for key, content_hash in self.store.snapshot_hashes(dataset).items():
-            if key.isdigit() and len(content_hash) == 64:
-                prefixes[int(key)] = int(content_hash[:15], 16)
-        return prefixes
+        return self.store.snapshot_hash_prefixes(dataset, hex_digits=15)
 
     def mappings_of(self, keys: Iterable[str]) -> dict[str, str]:
         """Billbee id → PULPO product id for the given Billbee ids (those that have one)."""
