@@ -35,6 +35,7 @@ from billbee_pulpo_pipeline_tests.conftest import EXAMPLE_CONFIG, PROJECT_ROOT
 
 GROUP = "verkaufsauftraege"
 WRITER_OP = f"{GROUP}__sales_orders"
+CREATE_ENDPOINTS = ("POST /api/v1/sales/bulk/orders", "POST /api/v1/sales/orders")
 ORDERS = f"{GROUP}.billbee_orders"
 PULPO_PRODUCTS = 100       # PULPO knows the catalogue's first 100 products (SKU-0000000 ..)
 HOURLY = 696               # historic Billbee orders one per hour: the current hour starts empty
@@ -338,6 +339,27 @@ def test_sync_killed_between_pulpo_write_and_ledger_record_leaves_no_duplicate(s
     assert {ledger(home)[f"order:create:{i}"][0] for i in ids} == {"done"}
     [summary] = json.loads(rerun.stdout)["integrations"]
     assert summary["status"] == "success" and summary["written"] == 0
+
+
+def test_orders_reach_pulpo_while_later_pages_are_still_being_read(sandbox, bpp_env):
+    """Write-behind: the read waits for Billbee's 2 requests/s between pages, and the writer uses that
+    time, so the first PULPO create comes before the last Billbee page, and each order is created once."""
+    fresh_world(sandbox)
+    not_at_the_end_of_an_hour()
+    home, shop = Path(bpp_env["BPP_HOME"]), Shop(sandbox)
+    ids = [shop.order([(KNOWN[i % 2], 1)], number=f"W-{i}") for i in range(12)]
+    config = load_config(EXAMPLE_CONFIG)
+    result = dg.materialize(list(build_definitions(config, home).assets), selection=dg.AssetSelection.groups(GROUP),
+                            resources=build_resources(config, home), partition_key=hour_key(),
+                            run_config={"ops": {WRITER_OP: {"config": {"page_size": 4}}}})
+    assert result.success
+    pages = [r["at"] for r in sandbox.requests("billbee") if r["endpoint"] == "GET /api/v1/orders"
+             and not r["simulator"]]
+    creates = [r["at"] for r in sandbox.requests("pulpo") if r["endpoint"] in CREATE_ENDPOINTS]
+    assert len(pages) >= 3 and creates
+    assert min(creates) < max(pages)
+    orders = by_external(pulpo_orders(sandbox))
+    assert all(len(orders.get(i, [])) == 1 for i in ids)
 
 
 def not_at_the_end_of_an_hour() -> None:

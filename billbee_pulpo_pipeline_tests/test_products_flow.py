@@ -452,3 +452,17 @@ def test_payload_mapping_falls_back_and_leaves_unknown_values_out():
     assert pulpo_fingerprint(pulpo_record) == pulpo_fingerprint(payload)  # no write needed
     assert pulpo_fingerprint({**pulpo_record, "name": "Schürze"}) != pulpo_fingerprint(payload)
     assert [kit_quantity(a) for a in (1.0, 2, 1.5, 0, None)] == [1, 2, None, None, None]
+
+
+def test_products_reach_pulpo_while_later_pages_are_still_being_read(world, bpp_env, tmp_path):
+    """Write-behind: the snapshot waits for Billbee's 2 requests/s between its 250-product pages and
+    the writer uses that time: the first bulk create comes before the last page, and no SKU twice."""
+    world.reset("billbee", products=700, orders=20)  # three pages
+    assert materialize(Path(bpp_env["BPP_HOME"])).success
+    pages = [r["at"] for r in world.requests("billbee") if r["endpoint"] == "GET /api/v1/products"
+             and not r["simulator"]]
+    creates = [r["at"] for r in world.requests("pulpo") if r["endpoint"] == "POST /api/v1/inventory/bulk/products"]
+    assert len(pages) == 3 and creates
+    assert min(creates) < max(pages)
+    by_sku = pulpo_by_sku(pulpo_client(world, tmp_path))
+    assert len(by_sku) > 600 and all(len(found) == 1 for found in by_sku.values())

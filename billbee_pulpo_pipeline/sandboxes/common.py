@@ -217,6 +217,7 @@ class SandboxApp:
                 body = {"_raw": "<not JSON>"}
             body = redact(body)
         self.request_log.append({
+            "at": time.time(),  # when the answer was ready (both sandboxes share the clock)
             "method": request.method,
             "path": request.url.path,
             "endpoint": label,
