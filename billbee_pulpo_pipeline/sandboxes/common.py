@@ -8,7 +8,7 @@ where the system throttles, paced by token buckets. The control API lives under 
     POST /__sandbox/stats/reset
     GET  /__sandbox/faults         PUT the same document to change the fault knobs
     GET  /__sandbox/config         PUT {"throttle": false} to switch throttling off
-    GET  /__sandbox/requests       the most recent requests (method, path, query, JSON body, status)
+    GET  /__sandbox/requests       the most recent requests (time, method, path, query, JSON body, status)
 
 Requests that carry `X-Sandbox-Actor: simulator` come from the simulated shop or warehouse: they are
 counted apart and never hit by faults or throttling, so the product's figures stay its own.
@@ -51,6 +51,7 @@ class Faults:
     slow_rate: float = 0.0         # delay the answer by slow_seconds (past a client timeout)
     slow_seconds: float = 0.0
     token_ttl_seconds: int | None = None  # PULPO: lifetime of newly issued tokens (None: the default)
+    methods: list[str] | None = None      # only requests with these HTTP methods get faults (None: all)
 
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -163,7 +164,11 @@ class SandboxApp:
             simulator = request.headers.get(SIMULATOR_HEADER) == "simulator"
             (self.stats.simulator_requests if simulator else self.stats.requests)[label] += 1
             if not simulator:
-                faulted = await self._inject_fault()
+                if request.method in ("POST", "PUT", "PATCH"):
+                    # Read the body now: a slow answer must not lose a request the server received, which
+                    # it carries out even when the client gives up waiting (the outcome-unknown case).
+                    await request.body()
+                faulted = await self._inject_fault(request.method)
                 if faulted is not None:
                     return await self._log(request, label, faulted)
             if auth:
@@ -188,9 +193,11 @@ class SandboxApp:
         endpoint.__name__ = handler.__name__
         return endpoint
 
-    async def _inject_fault(self) -> Response | None:
+    async def _inject_fault(self, method: str) -> Response | None:
         f = self.faults
         rng = self.fault_rng
+        if f.methods is not None and method.upper() not in {m.upper() for m in f.methods}:
+            return None
         if f.slow_rate and rng.random() < f.slow_rate:
             self.stats.fault_slow += 1
             await asyncio.sleep(f.slow_seconds)

@@ -433,28 +433,40 @@ class PulpoClient(SessionClient):
     def attach_to_box(self, packing_order_id: int, box_id: int, filename: str, *, path: str | None = None,
                       content: bytes | None = None, content_type: str | None = None,
                       type: str = "label") -> list[PackingBox]:
-        """`POST /packing/orders/{po}/boxes/{box}/attach` with the spec's `AttachmentRequest`.
+        """`POST /packing/orders/{po}/boxes/{box}/attach` with the spec's `AttachmentRequest`
+        (`filename`, `path`, `content_type`, `type`) and nothing else.
 
-        ASSUMPTION (the spec does not say how the file reaches PULPO): `path` is a location PULPO
-        can read, e.g. a storage key or URL of an uploaded label (the sandbox keeps it as an opaque
-        reference and serves http(s) paths back as the attachment URL). When `content` is given,
-        the bytes are also sent inline as base64 in an extra `content` field (not in the spec) and
-        `path` defaults to the file name. Verify the upload mechanism on a live tenant.
+        UNVERIFIED (the spec does not say how a file reaches PULPO): `path` is "path of file to
+        attach". Given `content`, the file travels in `path` itself as an RFC 2397 data URL
+        (`data:<content_type>;base64,…`), the one way to hand over bytes with the spec's fields
+        alone; otherwise `path` is a location PULPO can read (a storage key or URL). A live tenant
+        may want the file uploaded to its S3 first and registered with `…/attachment` instead.
         """
         if path is None and content is None:
             raise ValueError("attach_to_box needs a path or the file content")
         guessed = mimetypes.guess_type(filename)[0]
-        attachment = AttachmentPayload(filename=filename, path=path or filename,
-                                       content_type=content_type or guessed or "application/pdf", type=type)
-        body_json = attachment.to_wire()
-        if content is not None:
-            body_json["content"] = base64.b64encode(content).decode("ascii")
-        path = f"/packing/orders/{packing_order_id}/boxes/{box_id}/attach"
-        body = self._request("POST", path, json=body_json)
+        content_type = content_type or guessed or "application/pdf"
+        if path is None:
+            path = f"data:{content_type};base64,{base64.b64encode(content or b'').decode('ascii')}"
+        attachment = AttachmentPayload(filename=filename, path=path, content_type=content_type, type=type)
+        endpoint = f"/packing/orders/{packing_order_id}/boxes/{box_id}/attach"
+        body = self._request("POST", endpoint, json=attachment.to_wire())
         if isinstance(body, dict) and "id" in body:
             body = [body]
-        rows, _, _ = _page_rows(body, "packing_boxes", path)
-        return [_parse(PackingBox, row, "POST", path) for row in rows]
+        rows, _, _ = _page_rows(body, "packing_boxes", endpoint)
+        return [_parse(PackingBox, row, "POST", endpoint) for row in rows]
+
+    def box_attachments(self, box_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """`POST /packing/boxes/attachments` with `[box ids]`: box id -> its attachments (type, url,
+        and whatever else PULPO returns, e.g. the file name). Boxes without attachments map to []."""
+        found: dict[int, list[dict[str, Any]]] = {int(box): [] for box in box_ids}
+        for chunk in _chunks([int(box) for box in box_ids], IDS_PER_REQUEST):
+            body = self._request("POST", "/packing/boxes/attachments", json=chunk)
+            for entry in body if isinstance(body, list) else []:
+                if isinstance(entry, dict) and entry.get("packing_box_id") is not None:
+                    attachments = entry.get("attachments") or []
+                    found[int(entry["packing_box_id"])] = [a for a in attachments if isinstance(a, dict)]
+        return found
 
     # ---- stock ---------------------------------------------------------------------------------------
 

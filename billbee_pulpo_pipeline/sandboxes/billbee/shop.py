@@ -34,6 +34,15 @@ _CUSTOMERS = [
 ]
 _COUNTRIES = {"DE": "Deutschland", "AT": "Österreich", "CH": "Schweiz"}
 SHOP_ID = 20000000000000711  # the sandbox's Shopify connection
+# Shipping (provider, product) a shop's shipping rules give new orders, in turn: DHL Paket three times
+# in four, then DPD Classic (ids of the sandbox's providers). Chosen by count, not by the random
+# generator, so the shop's other choices stay as they were for a seed.
+_SHIPPING = (
+    (20000000000012101, 20000000000083771),
+    (20000000000012101, 20000000000083771),
+    (20000000000012101, 20000000000083771),
+    (20000000000012105, 20000000000083781),
+)
 
 
 class ShopSimulator:
@@ -174,6 +183,8 @@ class ShopSimulator:
             "CreatedAt": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "Currency": "EUR",
             "ApiAccountId": SHOP_ID,
+            "ShippingProviderId": _SHIPPING[self._orders_created % len(_SHIPPING)][0],
+            "ShippingProviderProductId": _SHIPPING[self._orders_created % len(_SHIPPING)][1],
             "ShippingCost": 4.9,
             "InvoiceAddress": address,
             "ShippingAddress": address,

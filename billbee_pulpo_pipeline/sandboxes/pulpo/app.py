@@ -41,8 +41,9 @@ as follows (each choice is what a client must cope with anyway):
   optionally `weight`, `length`, `width`, `height`, `name`; without them the box gets the smallest
   fitting carton of `GET /packing/boxes` and weighs tare + product weights (kg, cm).
 - Labels: `POST …/boxes/{box}/attach` stores the `AttachmentRequest` on the box. `path` is taken
-  as a reference to a file already uploaded to PULPO's storage (the upload itself is not public);
-  an http(s) `path` is returned as the attachment URL, anything else as
+  as a reference to a file already uploaded to PULPO's storage (the upload itself is not public),
+  or as the file itself when it is an RFC 2397 data URL (`data:application/pdf;base64,…`; one that
+  does not decode is 422 `path: is invalid`); an http(s) `path` is returned as the attachment URL, anything else as
   `<base>/api/v1/attachment/{id}`. `POST /packing/boxes/attachments` takes `[box ids]` (or
   `{"ids"|"packing_box_ids": [...]}`) and returns `[{packing_box_id, attachments: [{type, url, …}]}]`.
 - Third parties (customers/suppliers): `GET|POST /iam/third_parties`, `GET /iam/third_parties/{id}`

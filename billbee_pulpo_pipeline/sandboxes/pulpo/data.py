@@ -21,6 +21,7 @@ Order flow (each step bumps `updated_at` of what it touches):
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import json
@@ -1653,6 +1654,8 @@ class World:
         errors += [(k, "can't be blank") for k in ("content_type", "filename", "path") if blank(body.get(k))]
         if body.get("type") not in (None, "label", "photo"):
             errors.append(("type", "is invalid"))
+        if not errors and str(body["path"]).startswith("data:") and data_url_bytes(body["path"]) is None:
+            errors.append(("path", "is invalid"))  # a data URL must carry base64 content
         if errors:
             raise invalid(*errors)
         return self._store_attachment(
@@ -1708,6 +1711,7 @@ class World:
             "container": "packing_box",
             "container_id": box["id"],
             "path": path,
+            "size": len(data_url_bytes(path) or b"") if path.startswith("data:") else None,
             "url": url,
             "tenant_id": TENANT_ID,
             "merchant_id": None,
@@ -2130,3 +2134,16 @@ class World:
             "third_parties": len(self.third_parties),
             "stocked_products": {wh: len(s.last_movement) for wh, s in self.stock.items()},
         }
+
+
+def data_url_bytes(path: str) -> bytes | None:
+    """The content of an RFC 2397 `data:<type>;base64,<data>` path, None when it is not one. How a file
+    reaches PULPO before `…/attach` is not public; a data URL in `path` is the spec-only way (the client
+    sends labels so), other paths stay opaque storage references."""
+    head, sep, data = path.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError:
+        return None
