@@ -21,6 +21,11 @@
                                   parquet loader), same sandbox world: 20,000 products throttled (wall ÷
                                   rate-limit bound, 429s) and 200,000 unthrottled (wall, CPU, peak RSS).
                                   Needs the bench extra: pip install -e .[bench]
+    stock_sync_200k_1pct          PULPO stock of 200,000 SKUs, 1 % changed: Billbee write calls ÷ minimum,
+                                  wall with throttling on ÷ rate-limit bound, peak RSS (stock_bench.py)
+    demo_latency                  6 minutes of `billbee-pulpo demo` (daemon, sensors at their defaults,
+                                  sales orders every minute): status_latency_p95_s and label_latency_p95_s
+                                  from packing finished in PULPO to the Billbee write (latency_bench.py)
 
 Each figure runs in its own subprocess so its peak RSS is its own.
 """
@@ -388,6 +393,9 @@ FIGURES = {
     "noop_resync_200k": fig_noop_resync_200k,
     "billbee_calls_per_order_tick": fig_billbee_calls_per_order_tick,
     "extract_vs_dlt": fig_extract_vs_dlt,
+    "stock_sync_200k_1pct": lambda: __import__("stock_bench").fig_stock_sync_200k_1pct(),  # benchmarks/stock_bench.py
+    # status_latency_p95_s and label_latency_p95_s from one 6-minute demo run (benchmarks/latency_bench.py)
+    "demo_latency": lambda: __import__("latency_bench").fig_demo_latency(),
 }
 HIDDEN_FIGURES = {  # halves of extract_vs_dlt, each in its own process for a clean peak RSS
     f"_{tool}_{n}_{int(t)}": (lambda tool=tool, n=n, t=t: (ours_product_snapshot if tool == "ours"

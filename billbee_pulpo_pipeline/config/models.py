@@ -385,7 +385,8 @@ class StockSettings(_Model):
     autosubtract_reserved: bool = Field(
         False,
         description="Set Billbee's AutosubtractReservedAmount so Billbee subtracts its unfulfilled quantity "
-        "from the value sent. Meant for quantity: total; 'available' is already net of reservations.",
+        "from the value sent; open orders are then not subtracted by the integration. Meant for quantity: "
+        "total; 'available' is already net of PULPO's reservations.",
     )
     safety_buffer: int = Field(
         0, ge=0, description="Units held back per article: Billbee gets max(0, quantity - safety_buffer)."
@@ -400,12 +401,25 @@ class StockSettings(_Model):
         "Fulfillment). Quantities of such orders that PULPO has not reserved yet are subtracted from the "
         "quantity sent, so an absolute write does not sell them twice.",
     )
-    batch_size: int = Field(100, ge=1, le=250, description="Articles per Billbee stock update call (1-250).")
+    batch_size: int = Field(
+        100, ge=1, le=250,
+        description="Articles per Billbee updatestockmultiple call (1-250). Billbee documents no maximum; 100 "
+        "keeps a call small (a failed call re-sends at most 100 rows) with half the calls of the 50 a public "
+        "integration uses.",
+    )
     reconcile_hours: int = Field(
         24,
         ge=1,
         le=168,
-        description="Hours between full reconciliations that send every article, not only changes (1-168).",
+        description="Hours between full reconciliations (1-168): Billbee's current stock of every article is "
+        "read and each one that differs from its target is written again, which repairs manual edits in Billbee.",
+    )
+    open_orders_lookback_days: int = Field(
+        30,
+        ge=1,
+        le=365,
+        description="Open Billbee orders (in reserving_states) last changed within this many days are "
+        "subtracted while PULPO does not have them (1-365). Older ones are taken as abandoned.",
     )
 
     @property
@@ -464,6 +478,18 @@ class ShipmentsSettings(_Model):
     shipped_state: OrderState = Field(
         default_factory=lambda: OrderState.model_validate("Versendet"),
         description="Billbee state set after the tracking is added.",
+    )
+    use_order_shipping_provider: bool = Field(
+        True,
+        description="Send the Billbee order's own shipping provider and product with each shipment; false "
+        "sends only the tracking number and the carrier.",
+    )
+    tracking_wait_hours: int = Field(
+        48,
+        ge=1,
+        le=168,
+        description="How long (hours, 1-168) after packing the boxes are watched for tracking codes from the "
+        "label service; a packing order whose boxes got none by then is reported as needing attention.",
     )
 
     @field_validator("carrier_map", mode="before")
