@@ -132,7 +132,9 @@ def measure(sandbox: Sandbox, started: float, ended: float, grace: float) -> dic
     return result
 
 
-def fig_demo_latency(minutes: float = 6.0, grace: float = 90.0) -> dict[str, Any]:
+def fig_demo_latency(minutes: float = 6.0, grace: float = 90.0, tick_seconds: float = 5.0) -> dict[str, Any]:
+    """`tick_seconds` sets the world's pace: the shop creates 5 orders per tick (5 s: 60 a minute, which
+    is as fast as Billbee's 2 requests/s on `GET /orders/{id}` let two flows read each order)."""
     billbee_port, pulpo_port, ui_port = free_port(), free_port(), free_port()
     sandbox = Sandbox(billbee_port, pulpo_port)
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +143,8 @@ def fig_demo_latency(minutes: float = 6.0, grace: float = 90.0) -> dict[str, Any
         env = {**os.environ, "BPP_HOME": str(Path(tmp) / "home"), "DAGSTER_HOME": str(Path(tmp) / "dagster")}
         demo = subprocess.Popen(
             [sys.executable, "-m", "billbee_pulpo_pipeline.cli", "demo", "--config", str(config),
-             "--billbee-port", str(billbee_port), "--pulpo-port", str(pulpo_port), "--port", str(ui_port)],
+             "--billbee-port", str(billbee_port), "--pulpo-port", str(pulpo_port), "--port", str(ui_port),
+             "--tick-seconds", str(tick_seconds)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "demo.log", "w"),  # noqa: SIM115
             start_new_session=True)
         try:
@@ -156,7 +159,8 @@ def fig_demo_latency(minutes: float = 6.0, grace: float = 90.0) -> dict[str, Any
                 time.sleep(10)
                 sandbox.collect()
             ended = time.time()
-            return {"minutes": minutes, **measure(sandbox, started, ended, grace)}
+            return {"minutes": minutes, "orders_per_minute": round(5 * 60 / tick_seconds, 1),
+                    **measure(sandbox, started, ended, grace)}
         finally:
             os.killpg(demo.pid, signal.SIGTERM)
             try:
@@ -166,4 +170,4 @@ def fig_demo_latency(minutes: float = 6.0, grace: float = 90.0) -> dict[str, Any
 
 
 if __name__ == "__main__":
-    print(json.dumps(fig_demo_latency(float(sys.argv[1]) if len(sys.argv) > 1 else 6.0)))
+    print(json.dumps(fig_demo_latency(*(float(a) for a in sys.argv[1:]))))
