@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pulpo-port", type=int, default=8082)
     demo.add_argument("--products", type=int, default=500)
     demo.add_argument("--orders", type=int, default=1000)
-    demo.add_argument("--tick-seconds", type=float, default=5.0, help="seconds between simulation steps")
+    demo.add_argument("--tick-seconds", type=float, default=15.0,
+                      help="seconds between simulation steps; the shop sells 5 orders a step (default 15: 20 a "
+                           "minute, busy for a Billbee shop; 5 gives 60 a minute, as many as Billbee's 2 "
+                           "requests/s per endpoint let the label and status flows write back)")
     demo.add_argument("--once", action="store_true",
                       help="run one sync of every integration against the sandboxes and exit (no UI)")
     return parser
