@@ -56,6 +56,7 @@ _SECRET_KEYS = frozenset(key for fields in SECRET_FIELDS.values() for key in fie
 _REFERENCE = re.compile(r"\$(?:(\$)|\{([^{}]*)\}|(\{))")
 _INNER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 _WHOLE_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY", re.IGNORECASE)
 
 _CREDENTIAL_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyCredential)
 _INTEGRATION_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyIntegration)
@@ -75,7 +76,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else str(self.file)
-        return ": ".join([where, *(part for part in (self.entry, self.field) if part), self.message])
+        parts = [part for part in (self.entry, self.field) if part]
+        return ": ".join([_printable(where, limit=10_000), *(_printable(part) for part in [*parts, self.message])])
 
 
 class ConfigError(Exception):
@@ -111,8 +113,13 @@ def load_config(
         message = f"configuration file not found (pass --config, set {CONFIG_ENV}, or copy " \
             "integrations.example.yaml)"
         raise ConfigError(file, [Problem(file, None, "", "", message)]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    except UnicodeDecodeError as exc:  # e.g. saved as Latin-1 or UTF-16 by an editor
+        line = exc.object[: exc.start].count(b"\n") + 1
+        column = len(exc.object[exc.object.rfind(b"\n", 0, exc.start) + 1: exc.start].decode("utf-8", "replace")) + 1
+        message = f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}, column {column}): save the file as UTF-8"
+        raise ConfigError(file, [Problem(file, line, "", "", message)]) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
         raise ConfigError(file, [Problem(file, None, "", "", f"cannot read the file: {reason}")]) from None
     return parse_config(text, file, env, require_env=require_env)
 
@@ -188,11 +195,13 @@ class _Reader:
     lines: dict[Path_, int] = field(default_factory=dict)
     names: dict[Path_, str] = field(default_factory=dict)
     failed: set[Path_] = field(default_factory=set)  # paths already reported: later errors there are noise
+    secret_vars: set[str] = field(default_factory=set)  # variables the secret fields reference
     budget: int = 200_000  # values visited; YAML aliases can make a small file expand exponentially
 
     def read(self, text: str) -> IntegrationConfig:
         data = self._parse_yaml(text)
         sections = self._sections(data)
+        self.secret_vars = _secret_references(sections.get("credentials"))
         credentials, credential_refs = self._entries(
             "credentials", sections.get("credentials"), self._credential
         )
@@ -202,14 +211,33 @@ class _Reader:
         for section, index, field_name, message in cross_check(credential_refs, integration_refs):
             self.add((section, index, field_name), message)
         if self.problems:
-            raise ConfigError(self.file, self.problems)
+            raise ConfigError(self.file, self._redacted())
         try:
             return IntegrationConfig(
                 credentials=credentials, integrations=integrations, source_path=self.file
             )
         except ValidationError as exc:  # defensive: the checks above should have caught everything
             self._add_validation_errors((), exc, {})
-            raise ConfigError(self.file, self.problems) from None
+            raise ConfigError(self.file, self._redacted()) from None
+
+    def _redacted(self) -> list[Problem]:
+        """The problems with secret values shown as their `${VAR}` reference.
+
+        A secret variable may be referenced from a non-secret field too (`source: ${PULPO_PASSWORD}`), and
+        that field's message would quote the expanded value. Secret variables: those the secret fields
+        reference and any whose name says so (values of 6 characters or more: a short flag such as
+        SOME_TOKEN=1 would otherwise garble every message)."""
+        values = {value: name for name, value in self.env.items() if value and (
+            name in self.secret_vars or (_SECRET_NAME.search(name) and len(value) >= 6))}
+        if not values:
+            return self.problems
+
+        def clean(text: str) -> str:
+            for value in sorted(values, key=len, reverse=True):
+                text = text.replace(value, f"${{{values[value]}}}")
+            return text
+
+        return [Problem(p.file, p.line, clean(p.entry), clean(p.field), clean(p.message)) for p in self.problems]
 
     # ---- reporting
 
@@ -232,7 +260,10 @@ class _Reader:
     # ---- YAML
 
     def _parse_yaml(self, text: str) -> Any:
-        loader = yaml.SafeLoader(text)
+        try:
+            loader = yaml.SafeLoader(text)
+        except yaml.reader.ReaderError as exc:  # a control character: PyYAML refuses the text up front
+            raise self._unreadable(text, exc) from None
         try:
             node = loader.get_single_node()
             if node is None:
@@ -250,14 +281,28 @@ class _Reader:
                 message += f", {exc.context}{started}"
             line = mark.line + 1 if mark else None
             raise ConfigError(self.file, [Problem(self.file, line, "", "", message)]) from None
+        except yaml.reader.ReaderError as exc:
+            raise self._unreadable(text, exc) from None
         except yaml.YAMLError as exc:
             raise self._fatal(f"invalid YAML ({type(exc).__name__})") from None
+        except RecursionError:
+            raise self._fatal("invalid YAML: brackets or indentation nested too deeply") from None
         finally:
             loader.dispose()
         self._remember_names(data)
         for path in duplicates:
             self.add(path, f"duplicate key '{path[-1]}' (YAML would silently keep only the last one)")
         return data
+
+    def _unreadable(self, text: str, exc: yaml.reader.ReaderError) -> ConfigError:
+        """A character YAML does not allow (control characters, NUL): where it is, never the text around it."""
+        position = exc.position if isinstance(exc.position, int) else 0
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        message = (f"invalid YAML: character {character!r} is not allowed (column {column}); "
+                   "control characters and binary data cannot appear in the file")
+        return ConfigError(self.file, [Problem(self.file, line, "", "", message)])
 
     def _index(self, node: yaml.Node, path: Path_, active: frozenset[int] = frozenset()) -> list[Path_]:
         """Record the line of every key and item; return the paths of duplicate keys."""
@@ -422,6 +467,11 @@ class _Reader:
                 return None
             active = active | {id(value)}
         if isinstance(value, str):
+            leaked = self._secrets_outside_secret_fields(value, path)
+            if leaked:
+                self.add(path, f"uses the secret variable{'s' if len(leaked) > 1 else ''} {', '.join(leaked)}: "
+                         "secrets may only be referenced by api_password, api_key and password")
+                return None
             try:
                 text, names = interpolate(value, self.env)
             except ValueError as exc:
@@ -435,6 +485,14 @@ class _Reader:
         if isinstance(value, list):
             return [self._walk(item, (*path, index), missing, active) for index, item in enumerate(value)]
         return value
+
+    def _secrets_outside_secret_fields(self, value: str, path: Path_) -> list[str]:
+        """Secret variables referenced by a field that is not a secret one: its value would show up in
+        names, Dagster groups and messages."""
+        if len(path) == 3 and path[0] == "credentials" and path[2] in _SECRET_KEYS:
+            return []
+        names = [match.group(2).split(":-")[0] for match in _REFERENCE.finditer(value) if match.group(2)]
+        return sorted({name for name in names if name in self.secret_vars})
 
     def _validate(
         self, path: Path_, data: dict[str, Any], adapter: TypeAdapter[Any], allowed: list[str],
@@ -482,6 +540,13 @@ class _Reader:
             self.add(path, message)
 
 
+def _secret_references(credentials: Any) -> set[str]:
+    """The variables the credentials' secret fields reference."""
+    entries = credentials if isinstance(credentials, list) else []
+    return {str(_whole_reference(entry[key])) for entry in entries if isinstance(entry, dict)
+            for key in _SECRET_KEYS if _whole_reference(entry.get(key))}
+
+
 def _secret_policy_message(kind: Any, key: str, value: Any) -> str:
     """Why a secret field is refused, without ever repeating its value."""
     example = SECRET_FIELDS.get(_hashable(kind), {}).get(key) or next(
@@ -490,6 +555,14 @@ def _secret_policy_message(kind: Any, key: str, value: Any) -> str:
     shape = " exactly, without a default or other text" if isinstance(value, str) and "${" in value else ""
     return (f"must reference an environment variable, e.g. ${{{example}}}{shape}; "
             "secrets are not stored in config files")
+
+
+def _printable(text: str, limit: int = 400) -> str:
+    """Control characters from keys or values escaped and very long text shortened, so each problem
+    stays one readable line."""
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return text if len(text) <= limit else f"{text[:limit - 100]}…{text[-99:]}"
 
 
 def _hashable(value: Any) -> str:

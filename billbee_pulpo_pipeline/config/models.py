@@ -84,7 +84,10 @@ def slugify(name: str) -> str:
 
 
 def _reject_float(value: Any) -> Any:
-    """Ids may have 17 digits (> 2**53); a float would silently change them."""
+    """Ids may have 17 digits (> 2**53); a float would silently change them. YAML's yes/no/true/false
+    are not numbers either (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number, not {str(value).lower()}")
     if isinstance(value, float):
         raise ValueError("must be a whole number written without a decimal point or exponent")
     return value
@@ -100,6 +103,7 @@ def _id_or_name(value: Any) -> Any:
 
 
 Id = Annotated[int, BeforeValidator(_reject_float), Field(ge=1)]
+Whole = Annotated[int, BeforeValidator(_reject_float)]  # counts, hours, minutes: no floats, no booleans
 IdOrName = Annotated[int | str, BeforeValidator(_id_or_name)]
 
 
@@ -116,7 +120,7 @@ class OrderState(_Model):
     @model_validator(mode="before")
     @classmethod
     def _from_name_or_id(cls, value: Any) -> Any:
-        if isinstance(value, float):
+        if isinstance(value, bool | float):
             raise ValueError(f"{value!r} is not a Billbee order state (use a name like 'Bezahlt' or an id)")
         if isinstance(value, str | int):
             number = state_id(value)  # ValueError names the valid states
@@ -321,7 +325,7 @@ class SalesOrdersSettings(_Model):
     skip_coupon_lines: bool = Field(
         True, description="Leave out Billbee coupon/voucher lines, which are not physical goods."
     )
-    lookback_hours: int = Field(
+    lookback_hours: Whole = Field(
         24,
         ge=1,
         le=720,
@@ -388,7 +392,7 @@ class StockSettings(_Model):
         "from the value sent; open orders are then not subtracted by the integration. Meant for quantity: "
         "total; 'available' is already net of PULPO's reservations.",
     )
-    safety_buffer: int = Field(
+    safety_buffer: Whole = Field(
         0, ge=0, description="Units held back per article: Billbee gets max(0, quantity - safety_buffer)."
     )
     stock_id: Id | None = Field(
@@ -401,20 +405,20 @@ class StockSettings(_Model):
         "Fulfillment). Quantities of such orders that PULPO has not reserved yet are subtracted from the "
         "quantity sent, so an absolute write does not sell them twice.",
     )
-    batch_size: int = Field(
+    batch_size: Whole = Field(
         100, ge=1, le=250,
         description="Articles per Billbee updatestockmultiple call (1-250). Billbee documents no maximum; 100 "
         "keeps a call small (a failed call re-sends at most 100 rows) with half the calls of the 50 a public "
         "integration uses.",
     )
-    reconcile_hours: int = Field(
+    reconcile_hours: Whole = Field(
         24,
         ge=1,
         le=168,
         description="Hours between full reconciliations (1-168): Billbee's current stock of every article is "
         "read and each one that differs from its target is written again, which repairs manual edits in Billbee.",
     )
-    open_orders_lookback_days: int = Field(
+    open_orders_lookback_days: Whole = Field(
         30,
         ge=1,
         le=365,
@@ -484,7 +488,7 @@ class ShipmentsSettings(_Model):
         description="Send the Billbee order's own shipping provider and product with each shipment; false "
         "sends only the tracking number and the carrier.",
     )
-    tracking_wait_hours: int = Field(
+    tracking_wait_hours: Whole = Field(
         48,
         ge=1,
         le=168,
@@ -540,7 +544,7 @@ class Integration(_Model):
     type: IntegrationType = Field(description="Integration type.")
     source: str = Field(min_length=1, description="Name of the credential the data is read from.")
     target: str = Field(min_length=1, description="Name of the credential the data is written to.")
-    interval_minutes: int = Field(ge=1, le=60, description="Minutes between runs (1-60).")
+    interval_minutes: Whole = Field(ge=1, le=60, description="Minutes between runs (1-60).")
     settings: IntegrationSettings = Field(description="Per-type settings, written beside name/type in YAML.")
 
     @model_validator(mode="before")
@@ -553,10 +557,11 @@ class Integration(_Model):
             return nested
         return data
 
-    @field_validator("name", "source", "target")
+    @field_validator("name", "source", "target", mode="before")
     @classmethod
-    def _strip(cls, value: str) -> str:
-        return value.strip()
+    def _strip(cls, value: Any) -> Any:
+        """Before min_length, so a blank value is reported here and not later as an unknown credential ''."""
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("name")
     @classmethod
@@ -583,7 +588,7 @@ class ProductsIntegration(Integration):
     TARGET_TYPE: ClassVar[str] = "pulpo"
     SETTINGS: ClassVar[SettingsModel] = ProductsSettings
     type: Literal["products"] = _type("products")
-    interval_minutes: int = _interval("products")
+    interval_minutes: Whole = _interval("products")
     settings: ProductsSettings = _settings(ProductsSettings, "products")
 
 
@@ -594,7 +599,7 @@ class SalesOrdersIntegration(Integration):
     TARGET_TYPE: ClassVar[str] = "pulpo"
     SETTINGS: ClassVar[SettingsModel] = SalesOrdersSettings
     type: Literal["sales_orders"] = _type("sales_orders")
-    interval_minutes: int = _interval("sales_orders")
+    interval_minutes: Whole = _interval("sales_orders")
     settings: SalesOrdersSettings = _settings(SalesOrdersSettings, "sales_orders")
 
 
@@ -605,7 +610,7 @@ class StatusUpdatesIntegration(Integration):
     TARGET_TYPE: ClassVar[str] = "billbee"
     SETTINGS: ClassVar[SettingsModel] = StatusUpdatesSettings
     type: Literal["status_updates"] = _type("status_updates")
-    interval_minutes: int = _interval("status_updates")
+    interval_minutes: Whole = _interval("status_updates")
     settings: StatusUpdatesSettings = _settings(StatusUpdatesSettings, "status_updates")
 
 
@@ -616,7 +621,7 @@ class StockIntegration(Integration):
     TARGET_TYPE: ClassVar[str] = "billbee"
     SETTINGS: ClassVar[SettingsModel] = StockSettings
     type: Literal["stock"] = _type("stock")
-    interval_minutes: int = _interval("stock")
+    interval_minutes: Whole = _interval("stock")
     settings: StockSettings = _settings(StockSettings, "stock")
 
 
@@ -627,7 +632,7 @@ class ShippingLabelsIntegration(Integration):
     TARGET_TYPE: ClassVar[str] = "billbee"
     SETTINGS: ClassVar[SettingsModel] = ShippingLabelsSettings
     type: Literal["shipping_labels"] = _type("shipping_labels")
-    interval_minutes: int = _interval("shipping_labels")
+    interval_minutes: Whole = _interval("shipping_labels")
     settings: ShippingLabelsSettings = _settings(ShippingLabelsSettings, "shipping_labels")
 
 
@@ -638,7 +643,7 @@ class ShipmentsIntegration(Integration):
     TARGET_TYPE: ClassVar[str] = "billbee"
     SETTINGS: ClassVar[SettingsModel] = ShipmentsSettings
     type: Literal["shipments"] = _type("shipments")
-    interval_minutes: int = _interval("shipments")
+    interval_minutes: Whole = _interval("shipments")
     settings: ShipmentsSettings = _settings(ShipmentsSettings, "shipments")
 
 
