@@ -332,10 +332,16 @@ def endpoint_template(method: str, path: str) -> str:
 
 
 def is_loopback_url(url: str) -> bool:
+    import ipaddress
     from urllib.parse import urlsplit
 
     host = (urlsplit(url).hostname or "").lower()
-    return host in {"localhost", "::1"} or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:  # an IP literal only: a DNS name such as 127.evil.example.com may resolve anywhere
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_base_url(url: str) -> str | None:
