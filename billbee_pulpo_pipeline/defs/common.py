@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from filelock import FileLock
 from pydantic import Field
 
 from billbee_pulpo_pipeline.clients.http import CallStats
@@ -163,3 +165,25 @@ def preview_table(rows: list[Mapping[str, Any]], limit: int = 10) -> dg.Metadata
 
 def count_metadata(**counts: int) -> dict[str, dg.MetadataValue]:
     return {name: dg.MetadataValue.int(int(value)) for name, value in counts.items()}
+
+
+def write_metadata(counts: dict[str, dg.MetadataValue], *, dry_run: bool, failures: list[Mapping[str, Any]],
+                   plan: list[Mapping[str, Any]], **previews: list[Mapping[str, Any]]) -> dict[str, dg.MetadataValue]:
+    """The metadata every writer shows: its counts, `dry_run`, a `<name>_preview` table per keyword,
+    `failure_preview` when something failed and, in a dry run, the `plan`."""
+    meta = {**counts, "dry_run": dg.MetadataValue.bool(dry_run),
+            **{f"{name}_preview": preview_table(rows) for name, rows in previews.items()}}
+    if failures:
+        meta["failure_preview"] = preview_table(failures)
+    if dry_run:
+        meta["plan"] = preview_table(plan, limit=50)
+    return meta
+
+
+def writer_lock(store_path: Path, flow: Flow, timeout: float) -> FileLock:
+    """Held while a PULPO → Billbee writer writes: a sensor run and a schedule run of one integration
+    may overlap, and two of them must never send the same Billbee write. Inside it, a ledger entry
+    still 'pending' can only be a crash or an unknown outcome, never a write in flight."""
+    folder = store_path.parent / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{flow.slug}.writer.lock"), timeout=timeout)

@@ -47,6 +47,7 @@ from billbee_pulpo_pipeline.defs.common import (
     fingerprint,
     mapping_kind,
     preview_table,
+    write_metadata,
 )
 from billbee_pulpo_pipeline.mapping import orders as om
 from billbee_pulpo_pipeline.state import IdMapping, LedgerEntry, LedgerFinish, StateStore
@@ -110,18 +111,11 @@ class Report:
     def metadata(self, dry_run: bool) -> dict[str, dg.MetadataValue]:
         c = self.counts
         written = c["created"] + c["cancelled"] + c["updated"]
-        meta = {
-            **count_metadata(records_read=self.read, records_written=written,
-                             records_skipped=c["skipped"] + c["unchanged"], **c),
-            "dry_run": dg.MetadataValue.bool(dry_run),
-            "quarantine_preview": preview_table(self.quarantine),
-            "attention_preview": preview_table(self.attention),
-        }
-        if self.failures:
-            meta["failure_preview"] = preview_table(self.failures)
-        if dry_run:
-            meta["plan"] = preview_table(self.plan, limit=50)
-        return meta
+        return write_metadata(
+            count_metadata(records_read=self.read, records_written=written,
+                           records_skipped=c["skipped"] + c["unchanged"], **c),
+            dry_run=dry_run, failures=self.failures, plan=self.plan,
+            quarantine=self.quarantine, attention=self.attention)
 
 
 class Halt(Exception):

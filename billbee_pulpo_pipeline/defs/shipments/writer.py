@@ -47,7 +47,13 @@ from billbee_pulpo_pipeline.clients.billbee.states import state_name
 from billbee_pulpo_pipeline.clients.http import NotFoundError, RequestRejectedError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PackingOrder, PulpoClient
 from billbee_pulpo_pipeline.config.models import ShipmentsSettings
-from billbee_pulpo_pipeline.defs.common import Flow, canonical_json, count_metadata, fingerprint, preview_table
+from billbee_pulpo_pipeline.defs.common import (
+    Flow,
+    canonical_json,
+    count_metadata,
+    fingerprint,
+    write_metadata,
+)
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS
 from billbee_pulpo_pipeline.defs.sales_orders.writer import crash_point
 from billbee_pulpo_pipeline.defs.status_updates.order_links import Halt, OrderLinks, StateWrites, one_writer
@@ -110,23 +116,13 @@ class Report:
 
     def metadata(self, dry_run: bool) -> dict[str, dg.MetadataValue]:
         c = self.counts
-        meta: dict[str, dg.MetadataValue] = {
-            **count_metadata(records_read=self.read, records_written=c["shipments_added"] + c["state_set"],
-                             records_skipped=c["not_from_billbee"], attention=len(self.attention),
-                             **{name: c[name] for name in COUNTS}),
-            "dry_run": dg.MetadataValue.bool(dry_run),
-            "shipments_preview": preview_table(self.shipments),
-            "attention_preview": preview_table(self.attention),
-            "quarantine_preview": preview_table(self.quarantine),
-            "carrier_unmapped_preview": preview_table(self.unmapped),
-            "waiting_preview": preview_table(self.waiting),
-            "not_from_billbee_preview": preview_table(self.skipped),
-        }
-        if self.failures:
-            meta["failure_preview"] = preview_table(self.failures)
-        if dry_run:
-            meta["plan"] = preview_table(self.plan, limit=50)
-        return meta
+        return write_metadata(
+            count_metadata(records_read=self.read, records_written=c["shipments_added"] + c["state_set"],
+                           records_skipped=c["not_from_billbee"], attention=len(self.attention),
+                           **{name: c[name] for name in COUNTS}),
+            dry_run=dry_run, failures=self.failures, plan=self.plan,
+            shipments=self.shipments, attention=self.attention, quarantine=self.quarantine,
+            carrier_unmapped=self.unmapped, waiting=self.waiting, not_from_billbee=self.skipped)
 
 
 class ShipmentWriter:

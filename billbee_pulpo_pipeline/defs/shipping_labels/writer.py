@@ -59,7 +59,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -75,7 +74,14 @@ from billbee_pulpo_pipeline.clients.billbee import (
 from billbee_pulpo_pipeline.clients.http import NotFoundError, RequestRejectedError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PackingBox, PackingOrder, PulpoClient, ShipmentTracking
 from billbee_pulpo_pipeline.config.models import ShippingLabelsSettings
-from billbee_pulpo_pipeline.defs.common import Flow, canonical_json, count_metadata, mapping_kind, preview_table
+from billbee_pulpo_pipeline.defs.common import (
+    Flow,
+    canonical_json,
+    count_metadata,
+    mapping_kind,
+    write_metadata,
+    writer_lock,
+)
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS
 from billbee_pulpo_pipeline.mapping import labels as lm
 from billbee_pulpo_pipeline.state import LedgerEntry, StateStore
@@ -176,19 +182,11 @@ class Report:
     def metadata(self, dry_run: bool) -> dict[str, dg.MetadataValue]:
         c = self.counts
         written = c["labels_created"] + c["trackings_written"] + c["attachments"]
-        meta = {
-            **count_metadata(records_read=c["packing_orders"], records_written=written,
-                             records_skipped=c["not_from_billbee"] + c["waiting"], **c),
-            "dry_run": dg.MetadataValue.bool(dry_run),
-            "labels_preview": preview_table(self.labels),
-            "quarantine_preview": preview_table(self.quarantine),
-            "attention_preview": preview_table(self.attention),
-        }
-        if self.failures:
-            meta["failure_preview"] = preview_table(self.failures)
-        if dry_run:
-            meta["plan"] = preview_table(self.plan, limit=50)
-        return meta
+        return write_metadata(
+            count_metadata(records_read=c["packing_orders"], records_written=written,
+                           records_skipped=c["not_from_billbee"] + c["waiting"], **c),
+            dry_run=dry_run, failures=self.failures, plan=self.plan,
+            labels=self.labels, quarantine=self.quarantine, attention=self.attention)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,9 +233,7 @@ class LabelWriter:
 
     def lock(self) -> FileLock:
         """Held while the run writes: two runs of one integration never label the same box at once."""
-        folder = self.store.path.parent / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(Path(folder) / f"{self.integration}.labels.lock"), timeout=LOCK_WAIT_SECONDS)
+        return writer_lock(self.store.path, self.flow, LOCK_WAIT_SECONDS)
 
     def run(self) -> Report:
         """Every pending or due packing order, one at a time: plan (read PULPO's boxes and trackings,

@@ -23,14 +23,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from billbee_pulpo_pipeline.clients.billbee import BillbeeClient, Order
 from billbee_pulpo_pipeline.clients.billbee.states import state_name
 from billbee_pulpo_pipeline.clients.http import NotFoundError, RequestRejectedError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
-from billbee_pulpo_pipeline.defs.common import STATE_STORE_KEY, Flow, mapping_kind
+from billbee_pulpo_pipeline.defs.common import STATE_STORE_KEY, Flow, mapping_kind, writer_lock
 from billbee_pulpo_pipeline.defs.sales_orders.writer import crash_point
 from billbee_pulpo_pipeline.mapping.status import decide_state, status_ledger_key
 from billbee_pulpo_pipeline.state import LedgerEntry, StateStore
@@ -46,12 +45,9 @@ class Halt(Exception):
 
 @contextmanager
 def one_writer(store: StateStore, flow: Flow, timeout: float = WRITER_LOCK_SECONDS) -> Iterator[None]:
-    """One writing run per flow at a time, across processes: the sensor's and the schedule's runs may
-    overlap, and two of them must never send the same Billbee write. Inside the lock, a ledger entry
-    still 'pending' can only be a crash or an unknown outcome, never a write in flight."""
-    lock = FileLock(str(store.path.parent / f"{flow.slug}.writer.lock"), timeout=timeout)
+    """One writing run per flow at a time (see `writer_lock`); a run kept waiting too long halts."""
     try:
-        with lock:
+        with writer_lock(store.path, flow, timeout):
             yield
     except LockTimeout as exc:
         raise Halt(f"another run of {flow.name} has been writing for over {int(timeout)} s") from exc

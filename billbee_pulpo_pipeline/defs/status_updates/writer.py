@@ -34,7 +34,7 @@ from billbee_pulpo_pipeline.clients.billbee.states import state_name
 from billbee_pulpo_pipeline.clients.http import NotFoundError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PackingOrder, PulpoClient, SalesOrder
 from billbee_pulpo_pipeline.config.models import StatusUpdatesSettings
-from billbee_pulpo_pipeline.defs.common import Flow, canonical_json, count_metadata, preview_table
+from billbee_pulpo_pipeline.defs.common import Flow, canonical_json, count_metadata, write_metadata
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS
 from billbee_pulpo_pipeline.defs.status_updates.order_links import Halt, Link, OrderLinks, StateWrites, one_writer
 from billbee_pulpo_pipeline.mapping.status import step_of
@@ -79,22 +79,14 @@ class Report:
 
     def metadata(self, dry_run: bool) -> dict[str, dg.MetadataValue]:
         c = self.counts
-        meta: dict[str, dg.MetadataValue] = {
-            **count_metadata(records_read=self.read, records_written=c["set"],
-                             records_skipped=c["already"] + c["later"] + c["recorded"] + c["not_from_billbee"],
-                             attention=c["protected"] + c["rejected"],
-                             **{name: c[name] for name in COUNTS}),
-            "dry_run": dg.MetadataValue.bool(dry_run),
-            "attention_preview": preview_table(self.attention),
-            "quarantine_preview": preview_table(self.quarantine),
-            "waiting_preview": preview_table(self.waiting),
-            "not_from_billbee_preview": preview_table(self.skipped),
-        }
-        if self.failures:
-            meta["failure_preview"] = preview_table(self.failures)
-        if dry_run:
-            meta["plan"] = preview_table(self.plan, limit=50)
-        return meta
+        return write_metadata(
+            count_metadata(records_read=self.read, records_written=c["set"],
+                           records_skipped=c["already"] + c["later"] + c["recorded"] + c["not_from_billbee"],
+                           attention=c["protected"] + c["rejected"],
+                           **{name: c[name] for name in COUNTS}),
+            dry_run=dry_run, failures=self.failures, plan=self.plan,
+            attention=self.attention, quarantine=self.quarantine, waiting=self.waiting,
+            not_from_billbee=self.skipped)
 
 
 class StatusWriter:
