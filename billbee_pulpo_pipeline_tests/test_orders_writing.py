@@ -25,8 +25,9 @@ from billbee_pulpo_pipeline.clients.billbee.models import Order
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.config import load_config
 from billbee_pulpo_pipeline.defs.common import canonical_json, fingerprint, flow_for, mapping_kind
+from billbee_pulpo_pipeline.defs.crash import CRASH_ENV
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
-from billbee_pulpo_pipeline.defs.sales_orders.writer import CRASH_ENV, OrderWriter
+from billbee_pulpo_pipeline.defs.sales_orders.writer import OrderWriter
 from billbee_pulpo_pipeline.mapping.orders import content_fields, order_fields
 from billbee_pulpo_pipeline.sandboxes import credentials
 from billbee_pulpo_pipeline.sandboxes.pulpo.warehouse import WarehouseSimulator

@@ -27,8 +27,8 @@ from billbee_pulpo_pipeline.clients.billbee import BillbeeClient
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient, ShipmentTracking
 from billbee_pulpo_pipeline.config import load_config
 from billbee_pulpo_pipeline.defs.common import flow_for
+from billbee_pulpo_pipeline.defs.crash import CRASH_ENV
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
-from billbee_pulpo_pipeline.defs.sales_orders.writer import CRASH_ENV
 from billbee_pulpo_pipeline.defs.shipments.writer import ShipmentWriter
 from billbee_pulpo_pipeline.mapping.shipments import box_trackings, match_carrier, recheck_after, shipment_ledger_key
 from billbee_pulpo_pipeline.mapping.status import status_ledger_key

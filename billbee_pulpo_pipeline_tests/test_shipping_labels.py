@@ -24,8 +24,9 @@ from billbee_pulpo_pipeline.clients.billbee import BillbeeClient, ShipWithLabelR
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.config import load_config
 from billbee_pulpo_pipeline.defs.common import flow_for
+from billbee_pulpo_pipeline.defs.crash import CRASH_ENV
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
-from billbee_pulpo_pipeline.defs.shipping_labels.writer import CRASH_ENV, LabelWriter
+from billbee_pulpo_pipeline.defs.shipping_labels.writer import LabelWriter
 from billbee_pulpo_pipeline.mapping import labels as lm
 from billbee_pulpo_pipeline.sandboxes import credentials
 from billbee_pulpo_pipeline.sandboxes.pulpo.warehouse import WarehouseSimulator

@@ -24,9 +24,9 @@ from billbee_pulpo_pipeline.clients.billbee import BillbeeClient
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.config import load_config
 from billbee_pulpo_pipeline.defs.common import flow_for, mapping_kind
+from billbee_pulpo_pipeline.defs.crash import CRASH_ENV
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
 from billbee_pulpo_pipeline.defs.packing_events import PackingCursor
-from billbee_pulpo_pipeline.defs.sales_orders.writer import CRASH_ENV
 from billbee_pulpo_pipeline.defs.status_updates.writer import StatusWriter
 from billbee_pulpo_pipeline.mapping.status import decide_state, status_ledger_key
 from billbee_pulpo_pipeline.sandboxes import credentials

@@ -29,7 +29,6 @@ SIGKILL) right after that PULPO write and before its ledger record. Only the cra
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +48,7 @@ from billbee_pulpo_pipeline.defs.common import (
     preview_table,
     write_metadata,
 )
+from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.mapping import orders as om
 from billbee_pulpo_pipeline.state import IdMapping, LedgerEntry, LedgerFinish, StateStore
 
@@ -59,7 +59,6 @@ CHECK = "importable_orders_accounted_for"
 QUARANTINE_KIND = "order"
 CHUNK = 10_000      # orders taken from the store at a time (bounded memory at any backlog)
 BULK_SIZE = 100     # sales orders per POST /sales/bulk/orders
-CRASH_ENV = "BPP_TEST_CRASH_AFTER"
 WAITING = "waiting for product"
 
 
@@ -125,12 +124,6 @@ class Halt(Exception):
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def crash_point(action: str) -> None:
-    """Test-only: die like SIGKILL after a PULPO write, before its ledger record (see module doc)."""
-    if os.environ.get(CRASH_ENV) == action:
-        os._exit(137)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,8 +54,8 @@ from billbee_pulpo_pipeline.defs.common import (
     fingerprint,
     write_metadata,
 )
+from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS
-from billbee_pulpo_pipeline.defs.sales_orders.writer import crash_point
 from billbee_pulpo_pipeline.defs.status_updates.order_links import Halt, OrderLinks, StateWrites, one_writer
 from billbee_pulpo_pipeline.mapping.shipments import (
     CarrierMatch,

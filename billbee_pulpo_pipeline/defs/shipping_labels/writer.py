@@ -55,7 +55,6 @@ answer is stored (the PDF is lost), `label` after it is stored but before the le
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,6 +81,7 @@ from billbee_pulpo_pipeline.defs.common import (
     write_metadata,
     writer_lock,
 )
+from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS
 from billbee_pulpo_pipeline.mapping import labels as lm
 from billbee_pulpo_pipeline.state import LedgerEntry, StateStore
@@ -93,14 +93,7 @@ PDFS = "label_pdfs"
 PLAN_CHECK = "labels_plan_safe"
 ACCOUNTED_CHECK = "boxes_accounted_for"
 QUARANTINE_KIND = "box"
-CRASH_ENV = "BPP_TEST_CRASH_AFTER"
 LOCK_WAIT_SECONDS = 600.0   # a run waits this long for another run of the flow to finish writing
-
-
-def crash_point(step: str) -> None:
-    """Test-only: die like SIGKILL after a remote write, before its record (see module doc)."""
-    if os.environ.get(CRASH_ENV) == step:
-        os._exit(137)
 
 
 class Halt(Exception):

@@ -30,7 +30,7 @@ from billbee_pulpo_pipeline.clients.billbee.states import state_name
 from billbee_pulpo_pipeline.clients.http import NotFoundError, RequestRejectedError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.defs.common import STATE_STORE_KEY, Flow, mapping_kind, writer_lock
-from billbee_pulpo_pipeline.defs.sales_orders.writer import crash_point
+from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.mapping.status import decide_state, status_ledger_key
 from billbee_pulpo_pipeline.state import LedgerEntry, StateStore
 

@@ -25,7 +25,6 @@ absolute `NewQuantity`, in full batches of `batch_size` (only the last one of a 
 # No `from __future__ import annotations`: kept like the other writers Dagster code imports.
 import hashlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -42,6 +41,7 @@ from billbee_pulpo_pipeline.clients.billbee.states import state_name
 from billbee_pulpo_pipeline.clients.http import ApiError, TransientApiError
 from billbee_pulpo_pipeline.config.models import StockSettings
 from billbee_pulpo_pipeline.defs.common import Flow, canonical_json, count_metadata, preview_table
+from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.stock.billbee_stock import BillbeeStock, Bundles, read_billbee_stock
 from billbee_pulpo_pipeline.defs.stock.open_orders import OpenOrders, OpenOrdersRead
 from billbee_pulpo_pipeline.defs.stock.pulpo_stock import StockRow
@@ -67,7 +67,6 @@ MAX_BUNDLE_LOOKUPS = 10           # `GET /products/{id}` per run for bundles see
 RECONCILE_GRACE = timedelta(hours=1)  # a due reconcile is left to its schedule for this long
 RESEND_PAUSE = 2.0                # seconds before the one resend of a call whose outcome is unknown
 PLAN_LIMIT = 1000                 # planned rows kept for the dry-run preview
-CRASH_ENV = "BPP_TEST_CRASH_AFTER"  # tests: exit right after a Billbee write, before recording it
 
 
 @dataclass
@@ -309,8 +308,7 @@ class StockWriter:
         except ApiError as exc:
             self.store.ledger_finish(key, "failed", {"count": len(rows)}, message=str(exc)[:500])
             raise
-        if os.environ.get(CRASH_ENV) == "stock":
-            os._exit(137)
+        crash_point("stock")
         done, refused, unconfirmed = self._sort(rows, results)
         self._record(done, refused)
         counts["written"] += len(done)
