@@ -18,7 +18,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -26,7 +25,7 @@ from starlette.routing import Route
 
 from billbee_pulpo_pipeline.clients.billbee import BillbeeClient
 from billbee_pulpo_pipeline.clients.billbee.models import LeanProduct
-from billbee_pulpo_pipeline.clients.http import RequestRejectedError, TransientApiError
+from billbee_pulpo_pipeline.clients.http import ApiError, RequestRejectedError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.config import load_config
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
@@ -272,6 +271,10 @@ def test_sync_killed_between_write_and_record_leaves_no_duplicate(world, bpp_env
     creates = [r for r in world.requests("pulpo") if r["endpoint"] == "POST /api/v1/inventory/bulk/products"]
     assert sum(len(r["body"]) for r in creates) == LINKABLE - created_before  # only what never ran
     assert len(store.mappings(PRODUCT_KIND)) == LINKABLE
+    # The complete pass closed the killed run's entry (found by the chaos run: it stayed 'pending' for 15 min).
+    assert store.ledger_entries(GROUP, status="pending") == []
+    [closed] = [e for e in store.ledger_entries(GROUP, status="failed") if e.action == "create_products"]
+    assert "interrupted" in (closed.message or "")
 
 
 def test_dry_run_previews_and_writes_nothing(world, bpp_env):
@@ -386,7 +389,7 @@ def test_lean_product_pages_match_the_full_models(world):
      RequestRejectedError),
     (b"<html><title>Maintenance</title></html>", "text/html", TransientApiError),
     (b'{"Data": [{"Id": 2.0000000000001e16, "SKU": "A"}], "Paging": {"TotalPages": 1}}', "application/json",
-     ValidationError),  # a float id has lost digits: refused, never rounded
+     ApiError),  # a float id has lost digits: refused (naming the field), never rounded
     (b'{"Data": {"Id": 1}}', "application/json", TransientApiError),
 ])
 def test_lean_product_pages_keep_the_envelope_checks(body, content_type, error):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, Protocol
 
 from billbee_pulpo_pipeline.clients.billbee.models import Order, parse_billbee_datetime
@@ -66,7 +67,8 @@ def _modified(order: Order | Mapping[str, Any]) -> str | None:
     value = _get(order, "LastModifiedAt")
     if not value:
         return None
-    return str(parse_billbee_datetime(value))  # one text whether it came as a datetime or as JSON
+    # In UTC: one text whether it came as a datetime (with Billbee's offset) or as the stored JSON (UTC).
+    return str(parse_billbee_datetime(value).astimezone(UTC))
 
 
 def _lines(order: Order | Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -161,6 +163,13 @@ def _whole(quantity: Any) -> int | None:
     return int(quantity)
 
 
+def _position_label(line: Mapping[str, Any]) -> str:
+    """How the merchant finds a position in Billbee: its id, else its weight (the article has no SKU)."""
+    if line.get("position"):
+        return f"position {line['position']}"
+    return f"a position of {line.get('weight_g')} g"
+
+
 def select_lines(fields: Mapping[str, Any], skip_coupon_lines: bool = True) -> LineSelection:
     """The physical lines of an order (see the module docstring for what is left out and why)."""
     lines: list[Line] = []
@@ -175,7 +184,7 @@ def select_lines(fields: Mapping[str, Any], skip_coupon_lines: bool = True) -> L
             if not line.get("weight_g"):
                 skipped += 1
                 continue
-            return LineSelection(problem=f"position {line.get('position')} has no SKU: the warehouse cannot "
+            return LineSelection(problem=f"{_position_label(line)} has no SKU: the warehouse cannot "
                                  "tell which article to pick; give the article a SKU in Billbee")
         if quantity is None or quantity <= 0:
             skipped += 1

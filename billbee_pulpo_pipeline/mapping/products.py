@@ -184,6 +184,24 @@ def kit_quantity(amount: Any) -> int | None:
     return int(value) if value is not None and value.is_integer() else None
 
 
+def component_label(line: Mapping[str, Any]) -> str:
+    """A bill-of-material line as the merchant finds it in Billbee: its SKU, else the article id."""
+    sku = _text(line.get("sku"))
+    if sku:
+        return f"component SKU {sku}"
+    article = _text(line.get("article_id"))
+    return f"component (Billbee article {article})" if article else "a component without SKU or article"
+
+
+def kit_amount_problem(line: Mapping[str, Any]) -> str | None:
+    """Why a bill-of-material line cannot be a PULPO kit item (whole quantities > 0), or None."""
+    if kit_quantity(line.get("amount")) is not None:
+        return None
+    amount = line.get("amount")
+    shown = "no amount" if amount is None else f"amount {amount}"
+    return f"{component_label(line)}: {shown} is not a whole number > 0, but PULPO kits need whole quantities"
+
+
 def kit_items(components: Iterable[tuple[int, int]]) -> list[dict[str, int]]:
     """Kit items, merged per product (a BOM may name one component twice) and sorted."""
     merged: dict[int, int] = {}

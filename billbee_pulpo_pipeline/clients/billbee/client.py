@@ -122,7 +122,7 @@ def _lean_product_page(body: bytes) -> tuple[list[LeanProduct], Paging | None]:
             excerpt = " ".join(body[:200].decode("utf-8", "replace").split()) or "an empty answer"
             raise _transient("GET", "/products", f"unreadable answer: {excerpt}", status=200)
         raw_items, paging = unwrap_page(parsed, "GET", "/products")
-        return [LeanProduct.model_validate(item) for item in raw_items], paging
+        return _parse_items(LeanProduct, raw_items, "GET", "/products"), paging
     unwrap_envelope({"ErrorCode": envelope.ErrorCode, "ErrorMessage": envelope.ErrorMessage,
                      "ErrorDescription": envelope.ErrorDescription}, "GET", "/products")
     return envelope.Data or [], envelope.paging
@@ -130,6 +130,25 @@ def _lean_product_page(body: bytes) -> tuple[list[LeanProduct], Paging | None]:
 
 # --------------------------------------------------------------------------------------------------
 # Pure helpers (no network)
+
+
+def _parse_items(model: type[ModelT], raw_items: list[Any], method: str, path: str) -> list[ModelT]:
+    """Validate the records of a reply. A record of the wrong shape (a value of another JSON type than
+    the spec's) is a broken answer, not a bad record: an `ApiError` naming the record and field, never
+    the value (it may be personal data), instead of pydantic's text."""
+    items = []
+    for index, item in enumerate(raw_items):
+        try:
+            items.append(model.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the record"
+            ident = next((item.get(k) for k in ("BillBeeOrderId", "Id") if isinstance(item, Mapping)
+                          and isinstance(item.get(k), int)), None)
+            record = f"record {index + 1}" + (f" (id {ident})" if ident is not None else "")
+            raise ApiError(SYSTEM, method, path, f"unreadable {model.__name__} in the reply, {record}: "
+                           f"field {where}: {first['msg']}", status=200) from None
+    return items
 
 
 def validate_page_size(page_size: int) -> int:
@@ -477,7 +496,7 @@ class BillbeeClient(SessionClient):
         while True:
             body = self._json("GET", path, params={**params, "page": page, "pageSize": page_size})
             raw_items, paging = unwrap_page(body, "GET", "/" + path)
-            items = [model.model_validate(item) for item in raw_items]
+            items = _parse_items(model, raw_items, "GET", "/" + path)
             yield ResultPage(number=page, items=items, paging=paging)
             if not has_more_pages(page, paging, len(items), page_size):
                 return

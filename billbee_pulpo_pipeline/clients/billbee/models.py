@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import (
@@ -47,33 +47,56 @@ def format_billbee_datetime(value: datetime) -> str:
 
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+# ASP.NET's JSON date, which Billbee still writes in places: milliseconds since the epoch (UTC), optionally
+# followed by the writer's offset (display only), sometimes with escaped slashes.
+_ASPNET_DATE = re.compile(r"^\\?/Date\((-?\d+)(?:[+-]\d{4})?\)\\?/$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_billbee_datetime(value: str | datetime) -> datetime:
     """Parse a Billbee timestamp leniently and return an aware datetime.
 
     Accepts `Z`, explicit offsets, no offset, fractional seconds of any length (.NET writes seven
-    digits) and a space instead of `T`. A value without an offset is taken as UTC: Billbee's published
-    response fixtures carry `Z`/`+00:00`, .NET writes UTC values without a zone when their kind is
-    unspecified, and UTC does not depend on the zone of the machine running the pipeline. Billbee does
-    not document the zone (notes/billbee-api.md §4, §13.1), so incremental windows keep an overlap.
+    digits), a space instead of `T`, and ASP.NET's `/Date(1700000000000)/`. A value without an offset
+    is taken as UTC: Billbee's published response fixtures carry `Z`/`+00:00`, .NET writes UTC values
+    without a zone when their kind is unspecified, and UTC does not depend on the zone of the machine
+    running the pipeline. Billbee does not document the zone (notes/billbee-api.md §4, §13.1), so
+    incremental windows keep an overlap. `0001-01-01T00:00:00` (.NET's "never") is kept as it is.
     """
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str):
-        text = value.strip()
-        if text[-1:] in {"Z", "z"}:
-            text = text[:-1] + "+00:00"
-        text = _FRACTION.sub(r"\1", text)
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise ValueError(f"'{value}' is not an ISO-8601 date-time") from exc
+        parsed = _parse_text(value)
     else:
         raise TypeError(f"expected an ISO-8601 string, got {type(value).__name__}")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+    return _within_utc_range(parsed)
+
+
+def _parse_text(value: str) -> datetime:
+    text = value.strip()
+    aspnet = _ASPNET_DATE.match(text)
+    try:
+        if aspnet:
+            return _EPOCH + timedelta(milliseconds=int(aspnet.group(1)))
+        if text[-1:] in {"Z", "z"}:
+            text = text[:-1] + "+00:00"
+        return datetime.fromisoformat(_FRACTION.sub(r"\1", text))
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"'{value}' is not a Billbee date-time (ISO-8601 or /Date(ms)/)") from exc
+
+
+def _within_utc_range(value: datetime) -> datetime:
+    """`value`, or the first/last representable UTC instant when its UTC time lies outside datetime's
+    range (`0001-01-01T00:00:00+01:00` is 31 Dec of year 0 in UTC): such dates mean "never" or "always"
+    in .NET, and every later step converts to UTC."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if value.year == 1 else datetime.max
+        return edge.replace(tzinfo=UTC)
+    return value
 
 
 def _lenient_datetime(value: Any) -> Any:

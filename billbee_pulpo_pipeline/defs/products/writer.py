@@ -22,6 +22,9 @@ was not acknowledged is simply still different on the next run.
   deactivates the old kit and creates a new one. A component that is not in PULPO yet parks the
   bundle ("waiting for component SKU X"); the next run retries it by itself. `bundles: skip`
   leaves bundles out (counted as skipped).
+
+Test hook: `BPP_TEST_CRASH_AFTER=products` exits (code 137, like SIGKILL) after a group's PULPO
+writes and before its ledger record (`defs/crash.py`).
 """
 
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
@@ -32,7 +35,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -45,9 +48,12 @@ from billbee_pulpo_pipeline.defs.common import (
     count_metadata,
     preview_table,
 )
+from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.products.state import WRITER_QUARANTINE, Comparison, ProductDatasets
 from billbee_pulpo_pipeline.mapping.products import (
+    component_label,
     is_bundle,
+    kit_amount_problem,
     kit_items,
     kit_payload,
     kit_quantity,
@@ -61,7 +67,6 @@ BATCH_SIZE = 100          # products per bulk call
 CALLS_PER_RECORD = 5      # bulk calls per ledger entry and mapping/acknowledgement write
 CHUNK_SIZE = 5000         # pending products held in memory at once
 LOOKUP_LIMIT = 25         # up to this many unmapped SKUs are looked up one by one, beyond it PULPO is listed
-INTERRUPTED_AFTER = timedelta(minutes=15)  # a 'pending' ledger entry older than this was interrupted
 WRITE_ACTIONS = frozenset({"create_products", "update_products", "deactivate_products", "converge_kits",
                            "deactivate_kit"})
 RETRY_ON_CHANGE = "on_change"
@@ -138,6 +143,7 @@ class ProductWriter:
         self.log = log or logging.getLogger(__name__)
         self.deactivate_removed = bool(getattr(settings, "deactivate_removed", True))
         self.make_kits = getattr(settings, "bundles", "kit") == "kit"
+        self.started_at = datetime.now(UTC)
         self.counts: Counter[str] = Counter()
         self.quarantine: dict[str, tuple[str, dict[str, Any]]] = {}
         self.skipped: set[str] = set()
@@ -193,11 +199,11 @@ class ProductWriter:
                                                                                  kind=WRITER_QUARANTINE)}
 
     def _close_interrupted(self) -> None:
-        """Ledger entries a killed run left 'pending' are closed once they are clearly stale: their
-        products were looked up in PULPO by SKU by the runs since (so nothing was written twice)."""
-        cutoff = datetime.now(UTC) - INTERRUPTED_AFTER
+        """After a complete pass, the ledger entries an earlier, killed run left 'pending' are closed:
+        this pass looked their products up in PULPO by SKU and converged them (nothing was written
+        twice). A run still in flight beside this one records its own outcome over it when it ends."""
         for entry in self.store.ledger_entries(self.flow.slug, status="pending"):
-            if entry.action in WRITE_ACTIONS and entry.updated_at < cutoff:
+            if entry.action in WRITE_ACTIONS and entry.updated_at < self.started_at:
                 self.store.ledger_finish(entry.key, "failed", message="interrupted before its result was "
                                          "recorded; later runs matched these products in PULPO by SKU")
 
@@ -410,6 +416,7 @@ class ProductWriter:
         except ApiError as exc:
             self.store.ledger_finish(key, "failed", outcome, message=str(exc)[:500])
             raise
+        crash_point("products")
         failed = outcome["failed"]
         self.store.ledger_finish(key, "attention" if failed else "done", outcome,
                                  message=f"{failed} refused (see quarantine)" if failed else None)
@@ -517,15 +524,13 @@ class ProductWriter:
         """The kit's items by PULPO product id, or None (and the bundle parked) when not possible yet."""
         components = []
         for line in bundle.fields.get("bill_of_material") or []:
-            label = line.get("sku") or f"(Billbee article {line.get('article_id')})"
             quantity = kit_quantity(line.get("amount"))
             if quantity is None:
-                self._park(bundle, f"component SKU {label}: amount {line.get('amount')} is not a whole "
-                                   "number > 0, but PULPO kits need whole quantities", {})
+                self._park(bundle, kit_amount_problem(line) or "", {})
                 return None
             pulpo_id = self._component_id(line)
             if pulpo_id is None:
-                self._park(bundle, f"waiting for component SKU {label}: it is not in PULPO yet; the kit is "
+                self._park(bundle, f"waiting for {component_label(line)}: it is not in PULPO yet; the kit is "
                                    "created automatically once it is", {}, retry=RETRY_EVERY_RUN)
                 return None
             components.append((pulpo_id, quantity))

@@ -85,9 +85,10 @@ def order_problem(order: Order) -> str | None:
     """Why an order cannot go on to PULPO as read (None when it can): the blocking check's record test."""
     if order.State is None:
         return "no State"
-    for item in order.OrderItems or []:
+    for number, item in enumerate(order.OrderItems or [], 1):
         if item.Quantity is None:
-            return f"order item {item.BillbeeId} has no Quantity"
+            label = item.BillbeeId if item.BillbeeId is not None else f"no. {number}"
+            return f"order item {label} has no Quantity"
     return None
 
 
