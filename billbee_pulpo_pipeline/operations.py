@@ -38,9 +38,11 @@ def client_for(credential: Credential, home: Path) -> BillbeeClient | PulpoClien
             credential.base_url, credential.username, credential.api_password.get_secret_value(),
             credential.api_key.get_secret_value(), rate_per_endpoint=credential.rate_limit_per_endpoint,
             rate_per_user=credential.rate_limit_per_user, pacer_dir=home / "pacing", max_retries=2,
+            timeout=(5, credential.timeout_seconds),
         )
     return PulpoClient(credential.base_url, credential.username, credential.password.get_secret_value(),
-                       warehouse_id=credential.warehouse_id, token_dir=home / "tokens", max_retries=2)
+                       warehouse_id=credential.warehouse_id, token_dir=home / "tokens", max_retries=2,
+                       timeout=(5, credential.timeout_seconds))
 
 
 def check_credential(credential: Credential, home: Path) -> CheckResult:

@@ -159,6 +159,11 @@ class Credential(_Model):
         min_length=1,
         description="User name. None only when loaded with require_env=False and its variable is unset.",
     )
+    timeout_seconds: float = Field(
+        60.0, gt=0, le=600,
+        description="Seconds to wait for an answer. A read that times out is tried again; a write whose answer "
+        "never came is looked up before it is sent again.",
+    )
     env_refs: dict[str, str] = Field(
         default_factory=dict,
         description="Set by the loader, not written in YAML: field -> environment variable name for every "

@@ -30,6 +30,7 @@ class BillbeeResource(dg.ConfigurableResource):
     api_key: str = Field(json_schema_extra=SECRET)
     rate_limit_per_endpoint: float = 2.0
     rate_limit_per_user: float = 10.0
+    timeout_seconds: float = 60.0
     home: str = Field(description="BPP_HOME: where the cross-process pacing state lives.")
 
     _client: BillbeeClient | None = PrivateAttr(default=None)
@@ -40,7 +41,7 @@ class BillbeeResource(dg.ConfigurableResource):
             self._client = BillbeeClient(
                 self.base_url, self.username, self.api_password, self.api_key,
                 rate_per_endpoint=self.rate_limit_per_endpoint, rate_per_user=self.rate_limit_per_user,
-                pacer_dir=Path(self.home) / "pacing",
+                pacer_dir=Path(self.home) / "pacing", timeout=(5, self.timeout_seconds),
             )
         return self._client
 
@@ -53,6 +54,7 @@ class PulpoResource(dg.ConfigurableResource):
     username: str
     password: str = Field(json_schema_extra=SECRET)
     warehouse_id: int
+    timeout_seconds: float = 60.0
     home: str = Field(description="BPP_HOME: where the shared token cache lives.")
 
     _client: PulpoClient | None = PrivateAttr(default=None)
@@ -60,7 +62,8 @@ class PulpoResource(dg.ConfigurableResource):
     def client(self) -> PulpoClient:
         if self._client is None:
             self._client = PulpoClient(self.base_url, self.username, self.password,
-                                       warehouse_id=self.warehouse_id, token_dir=Path(self.home) / "tokens")
+                                       warehouse_id=self.warehouse_id, token_dir=Path(self.home) / "tokens",
+                                       timeout=(5, self.timeout_seconds))
         return self._client
 
 
@@ -91,12 +94,14 @@ def resource_for(credential: Credential, home: Path) -> dg.ConfigurableResource:
             credential=credential.name, base_url=credential.base_url, username=_value(credential, "username"),
             api_password=_value(credential, "api_password"), api_key=_value(credential, "api_key"),
             rate_limit_per_endpoint=credential.rate_limit_per_endpoint,
-            rate_limit_per_user=credential.rate_limit_per_user, home=str(home),
+            rate_limit_per_user=credential.rate_limit_per_user, timeout_seconds=credential.timeout_seconds,
+            home=str(home),
         )
     if isinstance(credential, PulpoCredential):
         return PulpoResource(
             credential=credential.name, base_url=credential.base_url, username=_value(credential, "username"),
-            password=_value(credential, "password"), warehouse_id=credential.warehouse_id, home=str(home),
+            password=_value(credential, "password"), warehouse_id=credential.warehouse_id,
+            timeout_seconds=credential.timeout_seconds, home=str(home),
         )
     raise TypeError(f"unknown credential type {type(credential).__name__}")
 
