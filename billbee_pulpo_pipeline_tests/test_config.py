@@ -734,3 +734,16 @@ def test_models_can_be_built_in_code_and_cross_checks_still_apply():
         IntegrationConfig(credentials=[billbee, pulpo], integrations=[
             {"name": "Orders", "type": "sales_orders", "source": "p", "target": "b"},
         ])
+
+
+def test_timeout_seconds_reaches_the_clients_and_is_bounded(tmp_path):
+    from billbee_pulpo_pipeline.operations import client_for
+
+    text = config_text("- {name: Produkte, type: products, source: billbee-shop, target: pulpo-wms}\n",
+                       CREDENTIALS.replace("    api_key: ${BILLBEE_API_KEY}\n",
+                                           "    api_key: ${BILLBEE_API_KEY}\n    timeout_seconds: 7.5\n"))
+    config = load_config(write(tmp_path, text), ENV)
+    billbee, pulpo = (client_for(c, tmp_path) for c in config.credentials)
+    assert billbee.timeout == (5, 7.5) and pulpo.timeout == (5, 60.0)
+    error = problems_of(tmp_path, text.replace("timeout_seconds: 7.5", "timeout_seconds: 0"))
+    assert "timeout_seconds" in str(error) and "billbee-shop" in str(error)
