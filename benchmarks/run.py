@@ -29,6 +29,9 @@
                                   PULPO to the Billbee write (latency_bench.py)
     demo_latency_60_per_min       the same at 60 orders a minute: Billbee's 2 requests/s on
                                   GET /orders/{id} are then fully used by the two flows, writes queue
+    chaos                         the chaos run (sandboxes/chaos.py), both variants, BPP_CHAOS_MINUTES
+                                  (default 5) each: chaos_invariants_ok, faults injected, syncs killed,
+                                  orders/boxes/SKUs checked, 429s provoked with faults off (target 0)
 
 Each figure runs in its own subprocess so its peak RSS is its own.
 """
@@ -386,6 +389,25 @@ def fig_billbee_calls_per_order_tick() -> dict[str, Any]:
     return {"calls_by_changed_orders": calls, "target": {"0": 1, "10": 1, "1000": 4}}
 
 
+def fig_chaos() -> dict[str, Any]:
+    from billbee_pulpo_pipeline.sandboxes.chaos import ChaosOptions, run_chaos
+
+    minutes = float(os.environ.get("BPP_CHAOS_MINUTES", "5"))
+    variants = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("labels", "shipments"):
+            report = run_chaos(ChaosOptions(minutes=minutes, variant=variant, workdir=Path(tmp) / variant))
+            print("\n".join(report.lines()), file=sys.stderr)
+            variants[variant] = {
+                "ok": report.ok, "minutes": round(report.wall_seconds / 60, 1), "syncs": dict(report.syncs),
+                "faults": report.faults, "provoked_429_faults_off": report.provoked_429,
+                "invariants": {i.name: i.counts for i in report.invariants},
+                "violations": [p for i in report.invariants for p in i.problems[:5]]}
+    return {"chaos_invariants_ok": all(v["ok"] for v in variants.values()),
+            "provoked_429_faults_off": sum(v["provoked_429_faults_off"] for v in variants.values()),
+            "variants": variants}
+
+
 FIGURES = {
     "sandbox_requests_per_s": fig_sandbox_requests_per_s,
     "paging_200k_products": fig_paging_200k_products,
@@ -400,6 +422,7 @@ FIGURES = {
     # status_latency_p95_s and label_latency_p95_s from one 6-minute demo run (benchmarks/latency_bench.py)
     "demo_latency": lambda: __import__("latency_bench").fig_demo_latency(),
     "demo_latency_60_per_min": lambda: __import__("latency_bench").fig_demo_latency(tick_seconds=5),
+    "chaos": fig_chaos,
 }
 HIDDEN_FIGURES = {  # halves of extract_vs_dlt, each in its own process for a clean peak RSS
     f"_{tool}_{n}_{int(t)}": (lambda tool=tool, n=n, t=t: (ours_product_snapshot if tool == "ours"
