@@ -403,8 +403,15 @@ def fig_chaos() -> dict[str, Any]:
                 "faults": report.faults, "provoked_429_faults_off": report.provoked_429,
                 "invariants": {i.name: i.counts for i in report.invariants},
                 "violations": [p for i in report.invariants for p in i.problems[:5]]}
-    return {"chaos_invariants_ok": all(v["ok"] for v in variants.values()),
+        # The same world with faults and kills off: the 429s the product provokes by itself (target 0).
+        quiet = ChaosOptions(minutes=min(minutes, 5.0), variant="labels", workdir=Path(tmp) / "quiet",
+                             faults=False, kill_share=0.0, hook_share=0.0)
+        calm = run_chaos(quiet)
+    return {"chaos_invariants_ok": all(v["ok"] for v in variants.values()) and calm.ok,
             "provoked_429_faults_off": sum(v["provoked_429_faults_off"] for v in variants.values()),
+            "quiet_run": {"minutes": round(calm.wall_seconds / 60, 1), "ok": calm.ok, "syncs": dict(calm.syncs),
+                          "billbee_requests": calm.faults.get("billbee_requests"),
+                          "throttled_429": calm.faults.get("billbee_throttled_429")},
             "variants": variants}
 
 

@@ -6,9 +6,20 @@ The same harness runs for 30 minutes or more as `python -m billbee_pulpo_pipelin
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from billbee_pulpo_pipeline.sandboxes.chaos import ChaosOptions, Invariant, run_chaos
+from billbee_pulpo_pipeline_tests.test_secrets import (
+    duckdb_text,
+    files_under,
+    harvest_tokens,
+    leaks_in,
+    secret_needles,
+    token_files,
+)
 
 
 def invariant(invariants: list[Invariant], prefix: str) -> Invariant:
@@ -37,3 +48,21 @@ def test_chaos_run_keeps_every_promise(variant, tmp_path):
     assert stock.counts["skus"] >= 100 and stock.counts["diverged"] == 0, text
     assert report.syncs["final_ok"] == 4, text  # with faults off, every final sync succeeds
     assert report.provoked_429 == 0, text        # and provokes no 429 of its own
+    assert_no_secret_in(tmp_path, json.dumps(report.as_dict()).encode())
+
+
+def assert_no_secret_in(workdir: Path, report: bytes) -> None:
+    """Nothing the chaos run left behind (state store, pacing and lock files, the syncs' reported errors)
+    holds a credential or a PULPO token; the token cache is the one file meant to hold a token."""
+    home = workdir / "bpp"
+    tokens: set[str] = set()
+    harvest_tokens(home, tokens)
+    assert tokens, "the syncs cached a PULPO token"
+    needles = secret_needles(tokens)
+    header = next(iter(tokens)).split(".", 1)[0].encode()
+    cache = set(token_files(home))
+    found = {str(path): leaks_in(path.read_bytes(), needles, header) for path in files_under(home)
+             if path not in cache}
+    found["state store (SQL)"] = leaks_in(duckdb_text(home / "state.duckdb"), needles, header)
+    found["report"] = leaks_in(report, needles, header)
+    assert not {where: leaks for where, leaks in found.items() if leaks}

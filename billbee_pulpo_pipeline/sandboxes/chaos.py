@@ -519,7 +519,8 @@ def set_faults(sandbox: SandboxProcess, on: bool) -> None:
 
 def fault_counts(sandbox: SandboxProcess) -> dict[str, int]:
     billbee, pulpo = sandbox.stats("billbee"), sandbox.stats("pulpo")
-    return {"billbee_requests": billbee["total_requests"], "billbee_429": billbee["fault_429"],
+    return {"billbee_requests": billbee["total_requests"], "billbee_throttled_429": billbee["throttled_429"],
+            "billbee_429": billbee["fault_429"],
             "billbee_5xx": billbee["fault_5xx"], "billbee_slow": billbee["fault_slow"],
             "pulpo_requests": pulpo["total_requests"], "pulpo_5xx": pulpo["fault_5xx"],
             "pulpo_tokens": pulpo["token_requests"]}
