@@ -129,6 +129,22 @@ def test_a_busy_process_lets_others_in_after_max_lease(store):
     assert worker.returncode == 0
 
 
+def test_a_process_exiting_while_the_reaper_closes_the_database_exits_cleanly(tmp_path):
+    """Exit right when the idle connection is being closed (`hold` after the last call): the interpreter
+    stops daemon threads at exit, and one stopped inside DuckDB's close aborted the process (exit 134,
+    "FATAL: exception not rethrown") in about half of these exits, e.g. Dagster run workers after
+    RUN_SUCCESS. Sixteen exits spread over that moment must all be clean."""
+    code = ("import sys, time\nfrom billbee_pulpo_pipeline.state import StateStore\n"
+            "StateStore(sys.argv[1]).set_cursor('a', '1')\ntime.sleep(float(sys.argv[2]))\n")
+    codes = []
+    for batch in range(4):
+        workers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"{batch}-{i}"),
+                                     str(0.095 + 0.01 * (4 * batch + i) / 16)], cwd=PROJECT_ROOT,
+                                    stderr=subprocess.PIPE, text=True) for i in range(4)]
+        codes += [(w.wait(timeout=60), w.stderr.read()[-300:]) for w in workers]
+    assert all(code == 0 for code, _ in codes), codes
+
+
 # --------------------------------------------------------------------------------------------------
 # Snapshots
 

@@ -23,6 +23,7 @@ them, so both have the same semantics. Callers never touch the tables: this clas
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -345,6 +346,17 @@ class _Database:
                     return
             finally:
                 self.mutex.release()
+
+
+@atexit.register
+def _release_all_at_exit() -> None:
+    """Close every held connection before the interpreter stops its daemon threads: a reaper stopped
+    inside DuckDB's `close()` aborts the process ("FATAL: exception not rethrown", exit 134) after
+    its work succeeded. `release` waits for a reaper that is closing already. A forked child leaves
+    its parent's connections alone (their file lock is shared with the parent)."""
+    for (pid, _), database in list(_Database._registry.items()):
+        if pid == os.getpid():
+            database.release()
 
 
 def _drop_temporary(conn: duckdb.DuckDBPyConnection) -> None:
