@@ -21,6 +21,8 @@ from billbee_pulpo_pipeline.state import bpp_home
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# The demo's six integrations: the example config with the sandbox's shipping method ids (see the file).
+DEMO_CONFIG = Path(__file__).resolve().parent / "sandboxes" / "demo.yaml"
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -42,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     sync.add_argument("names", nargs="*", metavar="NAME", help="integration names as in the config")
 
+    status = sub.add_parser("status", help="per integration: last success, lag, pending, quarantine, writes "
+                                           "needing attention; Billbee calls this month (no API call)")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
     sandbox = sub.add_parser("sandbox", help="serve the Billbee and PULPO sandboxes on loopback")
     add_sandbox_arguments(sandbox)
 
     demo = sub.add_parser("demo", help="sandboxes with a live shop and warehouse, plus the Dagster UI")
-    _config_arg(demo)
+    demo.add_argument("--config", help="integration config (default: the six integrations of sandboxes/demo.yaml)")
     demo.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000)")
     demo.add_argument("--billbee-port", type=int, default=8081)
     demo.add_argument("--pulpo-port", type=int, default=8082)
@@ -65,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers = {"check": cmd_check, "sync": cmd_sync, "sandbox": cmd_sandbox, "demo": cmd_demo}
+    handlers = {"check": cmd_check, "sync": cmd_sync, "status": cmd_status, "sandbox": cmd_sandbox, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
@@ -117,6 +124,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when all is well, 1 when something needs attention (late, quarantined, attention writes)."""
+    from billbee_pulpo_pipeline.status import collect_status, render_text
+
+    # Unset variables are fine here: status reads local records only and never connects.
+    report = collect_status(load_config(_use_config(args.config), require_env=False), bpp_home())
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(render_text(report))
+    return EXIT_FAILED if report.needs_attention else EXIT_OK
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from billbee_pulpo_pipeline.sandboxes.__main__ import options_from
     from billbee_pulpo_pipeline.sandboxes.runner import run_forever
@@ -143,7 +163,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from billbee_pulpo_pipeline.sandboxes.credentials import sandbox_env
     from billbee_pulpo_pipeline.sandboxes.runner import SandboxProcess
 
-    config_path = Path(args.config or PROJECT_ROOT / "integrations.example.yaml").resolve()
+    config_path = Path(args.config or DEMO_CONFIG).resolve()
     home, dagster_home = _demo_home()
     with SandboxProcess(billbee_port=args.billbee_port, pulpo_port=args.pulpo_port, products=args.products,
                         orders=args.orders, live=True, tick_seconds=args.tick_seconds) as sandbox:

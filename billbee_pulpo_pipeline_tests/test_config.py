@@ -747,3 +747,16 @@ def test_timeout_seconds_reaches_the_clients_and_is_bounded(tmp_path):
     assert billbee.timeout == (5, 7.5) and pulpo.timeout == (5, 60.0)
     error = problems_of(tmp_path, text.replace("timeout_seconds: 7.5", "timeout_seconds: 0"))
     assert "timeout_seconds" in str(error) and "billbee-shop" in str(error)
+
+
+def test_readme_explains_every_setting():
+    """The README's settings table stays true: every per-type setting the loader knows is in it."""
+    from billbee_pulpo_pipeline.config import models
+
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### What each setting does", 1)[1].split("###", 1)[0]
+    settings = [models.ProductsSettings, models.SalesOrdersSettings, models.StatusUpdatesSettings,
+                models.StockSettings, models.ShippingLabelsSettings, models.ShipmentsSettings]
+    missing = [f"{cls.__name__}.{name}" for cls in settings for name in cls.model_fields
+               if f"| `{name}` |" not in table]
+    assert not missing, missing

@@ -54,6 +54,6 @@ def test_demo_once_syncs_every_integration_against_the_sandboxes(tmp_path):
                             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith(("SUCCESS", "FAILED"))]
-    assert len(lines) == 5 and all(ln.startswith("SUCCESS") for ln in lines), result.stdout
+    assert len(lines) == 6 and all(ln.startswith("SUCCESS") for ln in lines), result.stdout  # all six types
     assert "Produkte (products): read 120" in result.stdout
     assert (tmp_path / "home" / "dagster_home" / "dagster.yaml").exists()

@@ -169,7 +169,8 @@ def test_one_label_per_box_with_tracking_and_pdf_then_nothing(sandbox, bpp_env):
 
     metadata = sync_labels(home)
     assert (metadata["labels_created"], metadata["trackings_written"], metadata["attachments"]) == (3, 3, 3)
-    assert metadata["checks"] == {"labels_plan_safe": True, "boxes_accounted_for": True}
+    assert metadata["checks"] == {"labels_plan_safe": True, "boxes_accounted_for": True,
+                                  "no_quarantined_records": True, "no_writes_need_attention": True}
     calls = label_calls(sandbox)
     assert len(calls) == 3
     first, second = [c for c in calls if str(c["OrderId"]) == two_boxes]

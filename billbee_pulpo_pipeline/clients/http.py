@@ -83,12 +83,16 @@ class CallStats:
     retries: int = 0
     by_endpoint: Counter[str] = field(default_factory=Counter)
     by_status: Counter[int] = field(default_factory=Counter)
+    # Called once per attempt, e.g. `MonthlyCallCounter.add` (Billbee bills calls per month).
+    on_call: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_attempt(self, endpoint: str) -> None:
         with self._lock:
             self.calls += 1
             self.by_endpoint[endpoint] += 1
+        if self.on_call is not None:
+            self.on_call()
 
     def record_status(self, status: int) -> None:
         with self._lock:
@@ -101,6 +105,8 @@ class CallStats:
             self.retries += 1
             self.calls += 1
             self.by_endpoint[endpoint] += 1
+        if self.on_call is not None:
+            self.on_call()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

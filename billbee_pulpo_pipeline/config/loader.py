@@ -20,24 +20,28 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from billbee_pulpo_pipeline.config.models import (
+    ALERT_SECRET_FIELDS,
     CREDENTIAL_CLASSES,
     CREDENTIAL_TYPES,
     DEFERRABLE_FIELDS,
     INTEGRATION_CLASSES,
     INTEGRATION_TYPES,
     SECRET_FIELDS,
+    AlertsConfig,
     AnyCredential,
     AnyIntegration,
     EntryRef,
     FieldError,
     IntegrationConfig,
     cross_check,
+    shipping_methods_of,
     slugify,
 )
 
 CONFIG_ENV = "BPP_CONFIG"
 DEFAULT_CONFIG_FILE = "integrations.yaml"
 SECTIONS = ("credentials", "integrations")
+OPTIONAL_SECTIONS = ("alerts",)
 
 # The names PULPO's integration form and the setup guide use, besides the canonical types.
 INTEGRATION_TYPE_ALIASES: dict[str, str] = {
@@ -60,6 +64,7 @@ _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY", re.IGNORECAS
 
 _CREDENTIAL_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyCredential)
 _INTEGRATION_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyIntegration)
+_ALERTS_ADAPTER: TypeAdapter[Any] = TypeAdapter(AlertsConfig)
 
 Path_ = tuple[str | int, ...]
 
@@ -201,20 +206,22 @@ class _Reader:
     def read(self, text: str) -> IntegrationConfig:
         data = self._parse_yaml(text)
         sections = self._sections(data)
-        self.secret_vars = _secret_references(sections.get("credentials"))
+        self.secret_vars = _secret_references(sections.get("credentials")) | _alert_secret_references(
+            sections.get("alerts"))
         credentials, credential_refs = self._entries(
             "credentials", sections.get("credentials"), self._credential
         )
         integrations, integration_refs = self._entries(
             "integrations", sections.get("integrations"), self._integration
         )
+        alerts = self._alerts(sections.get("alerts"))
         for section, index, field_name, message in cross_check(credential_refs, integration_refs):
             self.add((section, index, field_name), message)
         if self.problems:
             raise ConfigError(self.file, self._redacted())
         try:
             return IntegrationConfig(
-                credentials=credentials, integrations=integrations, source_path=self.file
+                credentials=credentials, integrations=integrations, alerts=alerts, source_path=self.file
             )
         except ValidationError as exc:  # defensive: the checks above should have caught everything
             self._add_validation_errors((), exc, {})
@@ -245,7 +252,7 @@ class _Reader:
         self.failed.add(path)
         line = next((self.lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in self.lines), None)
         entry, rest = "", path
-        if path and path[0] in SECTIONS:
+        if path and path[0] in (*SECTIONS, *OPTIONAL_SECTIONS):
             if len(path) >= 2 and isinstance(path[1], int):
                 name = self.names.get(path[:2])
                 entry = f'{path[0]}[{path[1]}]' + (f' "{name}"' if name else "")
@@ -353,9 +360,9 @@ class _Reader:
         if not isinstance(data, dict):
             raise self._fatal("the file must be a mapping with the keys 'credentials' and 'integrations'")
         for key in data:
-            if key not in SECTIONS:
-                self.add((str(key),), f"unknown key{_suggestion(str(key), SECTIONS)} (allowed: credentials, "
-                         "integrations)")
+            if key not in SECTIONS and key not in OPTIONAL_SECTIONS:
+                allowed = (*SECTIONS, *OPTIONAL_SECTIONS)
+                self.add((str(key),), f"unknown key{_suggestion(str(key), allowed)} (allowed: {', '.join(allowed)})")
         for section in SECTIONS:
             if section not in data:
                 self.add((section,), "missing (required): a list of entries")
@@ -380,6 +387,8 @@ class _Reader:
                 type=_text(resolved.get("type")),
                 source=_text(resolved.get("source")),
                 target=_text(resolved.get("target")),
+                shipping_methods=shipping_methods_of(getattr(model, "settings", None)),
+                settings_valid=model is not None,
             ))
         return models, refs
 
@@ -434,6 +443,41 @@ class _Reader:
             resolved["type"] = kind
         model = self._validate(path, resolved, _INTEGRATION_ADAPTER, allowed, INTEGRATION_TYPES)
         return model, resolved
+
+    def _alerts(self, raw: Any) -> AlertsConfig | None:
+        """The optional `alerts` section. Its secrets follow the credentials' rules: `${VAR}` only, and left
+        to the sensor (as dagster.EnvVar) when the code location loads without them."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            self.add(("alerts",), "must be a mapping (slack_webhook_url, or slack_token and slack_channel, "
+                     "dagster_url)")
+            return None
+        resolved: dict[str, Any] = {}
+        env_refs: dict[str, str] = {}
+        for key, value in raw.items():
+            path = ("alerts", key)
+            if key == "env_refs":
+                self.add(path, "unknown key (env_refs is derived from the ${VAR} references)")
+                continue
+            secret = key in ALERT_SECRET_FIELDS
+            if secret and _whole_reference(value) is None:
+                shape = " exactly, without a default or other text" if isinstance(value, str) and "${" in value else ""
+                self.add(path, f"must reference an environment variable, e.g. ${{{ALERT_SECRET_FIELDS[key]}}}{shape}; "
+                         "secrets are not stored in config files")
+                continue
+            present, result = self._resolve(value, path, deferrable=secret and not self.require_env)
+            if not present:
+                continue
+            if secret and result == "":
+                self.add(path, f"environment variable {_whole_reference(value)} is set but empty")
+                continue
+            if secret:
+                env_refs[key] = str(_whole_reference(value))
+            resolved[key] = result
+        resolved["env_refs"] = env_refs
+        allowed = [key for key in AlertsConfig.model_fields if key != "env_refs"]
+        return self._validate(("alerts",), resolved, _ALERTS_ADAPTER, allowed, ())  # type: ignore[return-value]
 
     def _resolve(self, value: Any, path: Path_, deferrable: bool) -> tuple[bool, Any]:
         """Interpolate a value tree. (False, None) when a variable is unset; a deferrable field is then
@@ -491,6 +535,8 @@ class _Reader:
         names, Dagster groups and messages."""
         if len(path) == 3 and path[0] == "credentials" and path[2] in _SECRET_KEYS:
             return []
+        if len(path) == 2 and path[0] == "alerts" and path[1] in ALERT_SECRET_FIELDS:
+            return []
         names = [match.group(2).split(":-")[0] for match in _REFERENCE.finditer(value) if match.group(2)]
         return sorted({name for name in names if name in self.secret_vars})
 
@@ -545,6 +591,13 @@ def _secret_references(credentials: Any) -> set[str]:
     entries = credentials if isinstance(credentials, list) else []
     return {str(_whole_reference(entry[key])) for entry in entries if isinstance(entry, dict)
             for key in _SECRET_KEYS if _whole_reference(entry.get(key))}
+
+
+def _alert_secret_references(alerts: Any) -> set[str]:
+    """The variables the alerts' secret fields reference."""
+    if not isinstance(alerts, dict):
+        return set()
+    return {str(_whole_reference(alerts[key])) for key in ALERT_SECRET_FIELDS if _whole_reference(alerts.get(key))}
 
 
 def _secret_policy_message(kind: Any, key: str, value: Any) -> str:

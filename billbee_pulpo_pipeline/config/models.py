@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -436,6 +437,26 @@ class StockSettings(_Model):
         return state_ids(self.reserving_states)
 
 
+def _shipping_methods_field(handles: str) -> Any:
+    return Field(
+        None, min_length=1,
+        description=f"Only packing orders whose PULPO sales order has one of these PULPO shipping method ids "
+        f"{handles}; the others are left to the other integration. Empty = every packing order. Set it on "
+        "both shipping_labels and shipments (disjoint lists) to run them for the same systems, e.g. DHL labels "
+        "by Billbee and DPD labels by Sendcloud.",
+    )
+
+
+def _distinct_methods(methods: list[int]) -> list[int]:
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise ValueError(f"shipping method {', '.join(map(str, duplicates))} appears more than once")
+    return methods
+
+
+ShippingMethodIds = Annotated[list[Id], AfterValidator(_distinct_methods)]
+
+
 class LabelProviderRule(_Model):
     """Which Billbee shipping provider/product creates the label for one PULPO shipping method."""
 
@@ -461,6 +482,7 @@ class ShippingLabelsSettings(_Model):
     label_attach: bool = Field(
         True, description="Attach the label PDF from Billbee to the PULPO packing box for printing."
     )
+    pulpo_shipping_methods: ShippingMethodIds | None = _shipping_methods_field("get a Billbee label")
 
     @field_validator("provider_map")
     @classmethod
@@ -500,6 +522,8 @@ class ShipmentsSettings(_Model):
         description="How long (hours, 1-168) after packing the boxes are watched for tracking codes from the "
         "label service; a packing order whose boxes got none by then is reported as needing attention.",
     )
+    pulpo_shipping_methods: ShippingMethodIds | None = _shipping_methods_field(
+        "get their tracking from this label service")
 
     @field_validator("carrier_map", mode="before")
     @classmethod
@@ -682,6 +706,14 @@ class EntryRef:
     type: str | None = None
     source: str | None = None
     target: str | None = None
+    shipping_methods: frozenset[int] | None = None  # shipping_labels/shipments: pulpo_shipping_methods
+    settings_valid: bool = True  # False: the entry's own errors are reported, its settings are unknown
+
+
+def shipping_methods_of(settings: Any) -> frozenset[int] | None:
+    """The `pulpo_shipping_methods` filter of a labels or shipments integration's settings, if any."""
+    methods = getattr(settings, "pulpo_shipping_methods", None)
+    return frozenset(methods) if methods else None
 
 
 CrossProblem = tuple[str, int, str, str]  # (section, index, field, message)
@@ -752,11 +784,27 @@ def _overlaps(integrations: list[EntryRef]) -> list[CrossProblem]:
         other_type = {"shipments": "shipping_labels", "shipping_labels": "shipments"}.get(entry.type)
         other = seen.get((*pair, other_type)) if other_type else None
         if other is not None:
-            problems.append(("integrations", entry.index, "type",
-                             f"shipping_labels and shipments cannot both run for {entry.source} -> "
-                             f"{entry.target} (conflicts with integrations[{other.index}] \"{other.name}\"): "
-                             "use shipments only when labels come from another service (Sendcloud, VCE)"))
+            problems += _labels_and_shipments(entry, other)
     return problems
+
+
+def _labels_and_shipments(entry: EntryRef, other: EntryRef) -> list[CrossProblem]:
+    """Both for one pair only with disjoint `pulpo_shipping_methods`: every box gets its tracking from one."""
+    if not (entry.settings_valid and other.settings_valid):
+        return []   # the entry's own errors are reported; its filter is unknown
+    if entry.shipping_methods and other.shipping_methods:
+        shared = sorted(entry.shipping_methods & other.shipping_methods)
+        if not shared:
+            return []
+        return [("integrations", entry.index, "pulpo_shipping_methods",
+                 f"shipping method{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))} "
+                 f"{'are' if len(shared) > 1 else 'is'} also in integrations[{other.index}] \"{other.name}\": "
+                 "a shipping method's boxes get their tracking either from Billbee labels or from another "
+                 "label service, not both")]
+    return [("integrations", entry.index, "type",
+             f"shipping_labels and shipments cannot both run for {entry.source} -> {entry.target} (conflicts "
+             f"with integrations[{other.index}] \"{other.name}\"): use shipments only when labels come from "
+             "another service (Sendcloud, VCE), or give both a pulpo_shipping_methods list with no method in both")]
 
 
 def cross_check(credentials: list[EntryRef], integrations: list[EntryRef]) -> list[CrossProblem]:
@@ -769,19 +817,101 @@ def cross_check(credentials: list[EntryRef], integrations: list[EntryRef]) -> li
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# Alerts
+
+# Secret alert fields, with the variable name suggested in messages.
+ALERT_SECRET_FIELDS: dict[str, str] = {"slack_webhook_url": "SLACK_WEBHOOK_URL", "slack_token": "SLACK_BOT_TOKEN"}
+_SLACK_CHANNEL = re.compile(r"#[a-z0-9][a-z0-9._-]{0,79}|[CGD][A-Z0-9]{8,}")
+
+
+class AlertsConfig(_Model):
+    """Where alerts about failed runs and new quarantine entries go (optional section `alerts`)."""
+
+    slack_webhook_url: SecretStr | None = Field(
+        None, description="Slack incoming-webhook URL (the channel is chosen when the webhook is created). A secret: "
+        "must be an environment variable reference such as ${SLACK_WEBHOOK_URL}.",
+    )
+    slack_token: SecretStr | None = Field(
+        None, description="Slack bot token (xoxb-…, scope chat:write), instead of a webhook; needs slack_channel. "
+        "A secret: must be an environment variable reference such as ${SLACK_BOT_TOKEN}.",
+    )
+    slack_channel: str | None = Field(
+        None, description="Channel the bot posts to: a name such as \"#lager\" (the bot must be a member) or a "
+        "channel id such as C0123456789. Only with slack_token.",
+    )
+    dagster_url: str | None = Field(
+        None, description="Address of the Dagster UI, e.g. https://dagster.example.com: messages then link to the run "
+        "(default: $DAGSTER_WEBSERVER_URL when set).",
+    )
+    env_refs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Set by the loader, not written in YAML: field -> environment variable name of the secrets, so "
+        "Dagster reads them as dagster.EnvVar when a sensor posts.",
+    )
+
+    def configured(self, field: str) -> bool:
+        """Given in the file (its value may be deferred to the sensor: then only `env_refs` has it)."""
+        return getattr(self, field) is not None or field in self.env_refs
+
+    @field_validator("slack_channel")
+    @classmethod
+    def _channel(cls, channel: str | None) -> str | None:
+        if channel is None:
+            return None
+        channel = channel.strip()
+        if not _SLACK_CHANNEL.fullmatch(channel):
+            raise ValueError(f"'{channel}' is not a Slack channel: write its name with # (lower case, no spaces, "
+                             "e.g. \"#lager\"; quote it in YAML) or its id (e.g. C0123456789)")
+        return channel
+
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _webhook(cls, url: SecretStr | None) -> SecretStr | None:
+        # The URL itself is the secret: the message says what is wrong without repeating it.
+        if url is not None and check_base_url(url.get_secret_value().strip()) is not None:
+            raise ValueError("the variable's value is not an https:// URL (Slack's webhook URLs start with "
+                             "https://hooks.slack.com/services/)")
+        return url
+
+    @field_validator("dagster_url")
+    @classmethod
+    def _dagster_url(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        url = url.strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/@]+(/\S*)?", url):
+            raise ValueError(f"'{url}' is not an http(s) address of the Dagster UI")
+        return url
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AlertsConfig:
+        webhook, token, channel = (self.configured(f) for f in ("slack_webhook_url", "slack_token", "slack_channel"))
+        if webhook and token:
+            raise FieldError("slack_token", "give either slack_webhook_url or slack_token (with slack_channel), "
+                                            "not both")
+        if token and not channel:
+            raise FieldError("slack_channel", "missing (required with slack_token): the channel the bot posts to")
+        if channel and not token:
+            raise FieldError("slack_channel", "only used with slack_token (a webhook posts to the channel it "
+                                              "was created for)")
+        return self
+
+
 class IntegrationConfig(_Model):
     """The whole configuration file: credentials and the integrations that use them."""
 
     credentials: list[AnyCredential] = Field(description="Access data for Billbee and PULPO.")
     integrations: list[AnyIntegration] = Field(description="The configured integrations.")
+    alerts: AlertsConfig | None = Field(None, description="Slack alerts for failed runs and new quarantine entries.")
     source_path: Path = Field(Path("integrations.yaml"), description="File the configuration was read from.")
 
     @model_validator(mode="after")
     def _cross_entries(self) -> IntegrationConfig:
         problems = cross_check(
             [EntryRef(index=i, name=c.name, type=c.type) for i, c in enumerate(self.credentials)],
-            [EntryRef(index=i, name=n.name, type=n.type, source=n.source, target=n.target)
-             for i, n in enumerate(self.integrations)],
+            [EntryRef(index=i, name=n.name, type=n.type, source=n.source, target=n.target,
+                      shipping_methods=shipping_methods_of(n.settings)) for i, n in enumerate(self.integrations)],
         )
         if problems:
             raise ValueError("; ".join(f"{s}[{i}].{f}: {m}" for s, i, f, m in problems))

@@ -15,7 +15,7 @@ from pydantic import Field
 from billbee_pulpo_pipeline.clients.http import CallStats
 from billbee_pulpo_pipeline.config import Credential, Integration, IntegrationConfig
 from billbee_pulpo_pipeline.defs.resources import resource_key
-from billbee_pulpo_pipeline.state import canonical_json
+from billbee_pulpo_pipeline.state import StateStore, canonical_json
 
 # Flows run in this order when `billbee-pulpo sync` runs them all: products before the orders that
 # reference them, orders before anything the warehouse reports back about them.
@@ -149,14 +149,15 @@ class CallMeter:
         return out
 
 
-def preview_table(rows: list[Mapping[str, Any]], limit: int = 10) -> dg.MetadataValue:
-    """A small markdown table for the asset page (metadata lives in the event log: keep it short)."""
+def preview_table(rows: list[Mapping[str, Any]], limit: int = 10, width: int = 80) -> dg.MetadataValue:
+    """A small markdown table for the asset page (metadata lives in the event log: keep it short);
+    cells are cut at `width` characters."""
     if not rows:
         return dg.MetadataValue.md("_none_")
     columns = list(rows[0].keys())
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows[:limit]:
-        cells = [str(row.get(c, "")).replace("|", "\\|").replace("\n", " ")[:80] for c in columns]
+        cells = [str(row.get(c, "")).replace("|", "\\|").replace("\n", " ")[:width] for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     if len(rows) > limit:
         lines.append(f"\n… and {len(rows) - limit} more")
@@ -165,6 +166,29 @@ def preview_table(rows: list[Mapping[str, Any]], limit: int = 10) -> dg.Metadata
 
 def count_metadata(**counts: int) -> dict[str, dg.MetadataValue]:
     return {name: dg.MetadataValue.int(int(value)) for name, value in counts.items()}
+
+
+# The numeric series every materialization carries, so that every asset's "Plots" tab in the UI shows the
+# same curves: records read and written, API calls and 429s per system, records quarantined by the run.
+UI_COUNTS = ("records_read", "records_written", "quarantined", "billbee_calls", "billbee_429", "pulpo_calls",
+             "pulpo_429")
+
+
+def ui_metadata(metadata: Mapping[str, dg.MetadataValue]) -> dict[str, dg.MetadataValue]:
+    """`metadata` with every series of `UI_COUNTS` as an int. A count the asset does not produce (PULPO
+    calls of a Billbee read, writes of a read) is 0, so every run plots a point on every curve."""
+    out = dict(metadata)
+    for name in UI_COUNTS:
+        value = out.setdefault(name, dg.MetadataValue.int(0))
+        if not isinstance(value, dg.IntMetadataValue):
+            raise TypeError(f"metadata {name} must be an int count, not {type(value).__name__}")
+    return out
+
+
+def with_integration_metadata(spec: dg.AssetSpec, flow: Flow) -> dg.AssetSpec:
+    """The integration's own name (Dagster group names allow only `[A-Za-z0-9_]`, so the group is its
+    slug) and type on the asset, shown under "Metadata" on its page in the UI."""
+    return spec.merge_attributes(metadata={"integration": flow.name, "integration_type": flow.integration.type})
 
 
 def write_metadata(counts: dict[str, dg.MetadataValue], *, dry_run: bool, failures: list[Mapping[str, Any]],
@@ -187,3 +211,15 @@ def writer_lock(store_path: Path, flow: Flow, timeout: float) -> FileLock:
     folder = store_path.parent / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     return FileLock(str(folder / f"{flow.slug}.writer.lock"), timeout=timeout)
+
+
+def record_success(context: dg.AssetExecutionContext, store: StateStore, flow: Flow, step: str,
+                   metadata: Mapping[str, dg.MetadataValue]) -> None:
+    """Note in the state store that `step` of the flow finished, with its int counts: the "last
+    successful sync" of `billbee-pulpo status`, for runs of the daemon, the UI and the CLI alike.
+    A dry run wrote nothing, so it is no sync."""
+    values = {name: value.value for name, value in metadata.items()}
+    if values.get("dry_run") is True:
+        return
+    counts = {name: value for name, value in values.items() if isinstance(value, int) and not isinstance(value, bool)}
+    store.record_sync(flow.slug, step, counts, context.run.run_id)

@@ -28,6 +28,7 @@ from billbee_pulpo_pipeline.defs.common import (
     canonical_json,
     count_metadata,
     fingerprint,
+    ui_metadata,
 )
 
 FINISHED_PACKING_STATES = ("ended", "closed")
@@ -124,11 +125,11 @@ packing order: only new or changed ones move on to the Billbee write.""",
         newest = max((p for o in orders if (p := cursor_of(o)) is not None), default=after)
         if newest is not None and newest != after:
             store.set_cursor(read_cursor_name(flow), newest.encode())
-        return dg.MaterializeResult(metadata={
+        return dg.MaterializeResult(metadata=ui_metadata({
             **count_metadata(records_read=len(rows), new=diff.new, changed=diff.changed, unchanged=diff.unchanged),
             **meter.metadata(),
             "cursor": dg.MetadataValue.text(newest.encode() if newest else "none yet"),
-        })
+        }))
 
     return pulpo_finished_packing_orders
 

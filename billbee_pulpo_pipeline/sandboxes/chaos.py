@@ -38,6 +38,7 @@ from billbee_pulpo_pipeline.clients.billbee.states import DEFAULT_RESERVING_STAT
 from billbee_pulpo_pipeline.mapping.stock import BUNDLE_TYPE, open_order, open_units, order_record, sellable
 from billbee_pulpo_pipeline.sandboxes.billbee.shop import ShopSimulator
 from billbee_pulpo_pipeline.sandboxes.credentials import sandbox_env
+from billbee_pulpo_pipeline.sandboxes.pulpo.label_service import LabelService
 from billbee_pulpo_pipeline.sandboxes.pulpo.warehouse import WarehouseSimulator
 from billbee_pulpo_pipeline.sandboxes.runner import SandboxProcess
 
@@ -145,28 +146,6 @@ class ChaosReport:
 
 # --------------------------------------------------------------------------------------------------
 # The world: shop, warehouse and (variant shipments) a label service, stepping on a clock
-
-
-class LabelService:
-    """Sendcloud's part in the `shipments` variant: a tracking code on every packed box that has none."""
-
-    def __init__(self, warehouse: WarehouseSimulator) -> None:
-        self.warehouse = warehouse
-        self.issued = 0
-
-    def step(self) -> int:
-        written = 0
-        for box in self.warehouse._all("/packing/orders/boxes/search", "packing_boxes", state="closed"):
-            path = f"/packing/orders/{box['packing_order_id']}/boxes/{box['id']}/shipment_tracking"
-            if self.warehouse._call("GET", path).get("shipment_trackings"):
-                continue
-            self.issued += 1
-            code = f"SC{box['id']:08d}{self.issued:05d}"
-            self.warehouse._call("POST", path, json={"carrier_code": random.choice(["dhl", "ups"]),
-                                                     "tracking_code": code, "status": "generated",
-                                                     "tracking_url": f"https://track.example/{code}"})
-            written += 1
-        return written
 
 
 class World:

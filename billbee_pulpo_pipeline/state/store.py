@@ -81,6 +81,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason VARCHAR NOT NULL, payload VARCHAR, first_seen TIMESTAMP NOT NULL, last_seen TIMESTAMP NOT NULL,
     occurrences INTEGER NOT NULL, resolved_at TIMESTAMP, PRIMARY KEY (integration, kind, record_key)
 );
+CREATE TABLE IF NOT EXISTS sync_log (
+    integration VARCHAR NOT NULL, step VARCHAR NOT NULL, finished_at TIMESTAMP NOT NULL, run_id VARCHAR,
+    counts VARCHAR, PRIMARY KEY (integration, step)
+);
 """
 
 Rows = Iterable[tuple[Any, str, Any]] | pd.DataFrame
@@ -201,6 +205,17 @@ class QuarantineEntry:
     last_seen: datetime
     occurrences: int
     resolved_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    """The last successful run of one step (asset) of an integration, with its main counts."""
+
+    integration: str
+    step: str
+    finished_at: datetime
+    run_id: str | None
+    counts: dict[str, int]
 
 
 class LedgerStart(NamedTuple):
@@ -939,8 +954,10 @@ class StateStore:
             "reason": [str(reason) for reason, _ in records.values()],
             "payload": [_dumps(payload) for _, payload in records.values()],
         }, dtype=object)
-        params = {"integration": integration, "kind": kind, "now": _now()}
         with self._connect() as conn:
+            # `now` taken under the store's lock: first_seen then follows commit order, so a reader that
+            # remembers the newest first_seen it saw (the quarantine alert sensor) never misses an entry.
+            params = {"integration": integration, "kind": kind, "now": _now()}
             conn.register("quarantined", frame)
             conn.execute("""
                 CREATE TEMP TABLE q AS SELECT CAST(record_key AS VARCHAR) AS record_key,
@@ -1026,6 +1043,67 @@ class StateStore:
                 [integration, integration, kind, kind, key, key, include_resolved],
             ).fetchall()
         return [_quarantine_entry(row) for row in rows]
+
+    # ---- sync log
+
+    def record_sync(self, integration: str, step: str, counts: Mapping[str, int], run_id: str | None = None,
+                    *, finished_at: datetime | None = None) -> None:
+        """Remember that `step` (an asset name) of `integration` succeeded now, with its main counts:
+        what `billbee-pulpo status` shows as the last successful sync. One row per step, replaced."""
+        when = finished_at.astimezone(UTC).replace(tzinfo=None) if finished_at else _now()
+        with self._connect() as conn:
+            conn.execute("INSERT OR REPLACE INTO sync_log VALUES (?, ?, ?, ?, ?)",
+                         [integration, step, when, run_id, _dumps({k: int(v) for k, v in counts.items()})])
+
+    def last_syncs(self, integration: str | None = None) -> list[SyncRecord]:
+        """The last success of every step (of one integration if given), newest first."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT integration, step, finished_at, run_id, counts FROM sync_log "
+                "WHERE (? IS NULL OR integration = ?) ORDER BY finished_at DESC, integration, step",
+                [integration, integration],
+            ).fetchall()
+        return [SyncRecord(i, step, at.replace(tzinfo=UTC), run_id, _loads(counts) or {})
+                for i, step, at, run_id, counts in rows]
+
+    def quarantine_overview(
+        self, integration: str, *, limit: int = 10
+    ) -> tuple[int, dict[str, int], list[QuarantineEntry]]:
+        """Open entries of one integration: how many, how many per kind, and the `limit` oldest."""
+        with self._connect() as conn:
+            by_kind = dict(conn.execute(
+                "SELECT kind, count(*) FROM quarantine WHERE integration = ? AND resolved_at IS NULL GROUP BY kind",
+                [integration],
+            ).fetchall())
+            rows = conn.execute(
+                f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine WHERE integration = ? AND resolved_at IS NULL "
+                "ORDER BY first_seen, kind, record_key LIMIT ?", [integration, int(limit)],
+            ).fetchall()
+        counts = {str(kind): int(n) for kind, n in by_kind.items()}
+        return sum(counts.values()), counts, [_quarantine_entry(row) for row in rows]
+
+    def quarantine_opened_after(
+        self, after: datetime | None, *, per_integration: int = 5
+    ) -> tuple[datetime | None, dict[str, int], list[QuarantineEntry]]:
+        """Open entries first quarantined after `after` (every open one when None): the newest first_seen
+        among them, their count per integration and the `per_integration` oldest of each. Entries written by
+        one call share their first_seen and later calls get later ones (taken under the lock), so passing
+        the newest first_seen seen as the next `after` misses nothing."""
+        since = "(CAST($after AS TIMESTAMP) IS NULL OR first_seen > CAST($after AS TIMESTAMP))"
+        params = {"after": after.astimezone(UTC).replace(tzinfo=None) if after else None}
+        with self._connect() as conn:
+            counts = conn.execute(
+                f"SELECT integration, count(*), max(first_seen) FROM quarantine WHERE resolved_at IS NULL "
+                f"AND {since} GROUP BY integration", params,
+            ).fetchall()
+            rows = conn.execute(
+                f"SELECT {_QUARANTINE_COLUMNS} FROM (SELECT *, row_number() OVER (PARTITION BY integration "
+                f"ORDER BY first_seen, kind, record_key) AS n FROM quarantine WHERE resolved_at IS NULL AND {since}) "
+                "WHERE n <= $limit ORDER BY integration, first_seen, kind, record_key",
+                {**params, "limit": int(per_integration)},
+            ).fetchall()
+        newest = max((_aware(at) for _, _, at in counts), default=None)
+        return newest, {str(i): int(n) for i, n, _ in counts}, [_quarantine_entry(row) for row in rows]
 
     # ---- overview
 

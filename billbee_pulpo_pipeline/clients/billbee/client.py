@@ -65,6 +65,7 @@ from billbee_pulpo_pipeline.clients.http import (
     make_session,
     send,
 )
+from billbee_pulpo_pipeline.clients.usage import shared_counter
 
 logger = logging.getLogger("billbee_pulpo_pipeline.billbee")
 
@@ -418,9 +419,12 @@ class BillbeeClient(SessionClient):
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_factor = backoff_factor
-        self.stats = CallStats()
-        self.pacer = shared_pacer(account_fingerprint(self.base_url, username, api_key),
-                                  rate_per_endpoint, rate_per_user, pacer_dir)
+        account = account_fingerprint(self.base_url, username, api_key)
+        # With a pacing folder (every process of one install shares it), calls are also counted per
+        # account and month there: Billbee bills the calls beyond 100,000 a month (see clients/usage.py).
+        counter = shared_counter(pacer_dir, account, self.base_url) if pacer_dir is not None else None
+        self.stats = CallStats(on_call=counter.add if counter is not None else None)
+        self.pacer = shared_pacer(account, rate_per_endpoint, rate_per_user, pacer_dir)
         # The secrets live only in the session (auth object and header), never in attributes or reprs.
         self._session = make_session(USER_AGENT)
         self._session.auth = HTTPBasicAuth(username, api_password)

@@ -27,11 +27,14 @@ from billbee_pulpo_pipeline.defs.common import (
     count_metadata,
     flow_definitions,
     preview_table,
+    record_success,
+    ui_metadata,
 )
 from billbee_pulpo_pipeline.defs.products.state import SNAPSHOT_QUARANTINE, Comparison, ProductDatasets
 from billbee_pulpo_pipeline.defs.products.writer import ProductWriter, accounted_check
 from billbee_pulpo_pipeline.defs.write_behind import WriteBehind
 from billbee_pulpo_pipeline.mapping.products import product_fields, unlinkable_reason
+from billbee_pulpo_pipeline.progress import Progress
 from billbee_pulpo_pipeline.state import StateStore
 
 PLAUSIBLE_CHECK = "snapshot_plausible"
@@ -89,7 +92,8 @@ def products_assets(flow: Flow) -> dg.AssetsDefinition:
         if snapshot_key in selected:
             early_writes = writer.write_pass if writer is not None and not config.dry_run else None
             snapshot, check = take_snapshot(context, flow, store, language, deactivate_removed, early_writes)
-            yield dg.MaterializeResult(asset_key=snapshot_key, metadata=snapshot, check_results=[check])
+            record_success(context, store, flow, snapshot_key.path[-1], ui_metadata(snapshot))
+            yield dg.MaterializeResult(asset_key=snapshot_key, metadata=ui_metadata(snapshot), check_results=[check])
             if not check.passed:
                 if writer is not None and writer.counts:
                     context.log.warning(f"{flow.name}: written while reading, before the check failed: "
@@ -97,8 +101,9 @@ def products_assets(flow: Flow) -> dg.AssetsDefinition:
                 return  # the failed blocking check fails the run: no deactivation on a doubtful snapshot
         if writer is not None:
             comparison = writer.run()
-            yield dg.MaterializeResult(asset_key=writer_key,
-                                       metadata={**writer.metadata(), **writer_meter.metadata()},
+            metadata = ui_metadata({**writer.metadata(), **writer_meter.metadata()})
+            record_success(context, store, flow, writer_key.path[-1], metadata)
+            yield dg.MaterializeResult(asset_key=writer_key, metadata=metadata,
                                        check_results=[accounted_check(comparison, writer)])
 
     return products
@@ -138,14 +143,15 @@ def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateSto
             counts.update(new=diff.new, changed=diff.changed, unchanged=diff.unchanged)
         return bool(rows)
 
+    progress = Progress(flow.name, "products", context.log.info)
     with quiet_gc(), WriteBehind(early_writes, name=f"{flow.slug}-pulpo-writes") as behind:
         for page in client.iter_product_pages_lean(page_size=250):
             scan.add(page.items)
             if scan.pending_rows and (behind.idle or scan.pending_rows >= STORE_EVERY) and store_changes():
                 behind.wake()  # only when something changed: a pass over nothing still costs a compare
-            if page.number % 40 == 0:
-                context.log.info(f"{flow.name}: read {scan.total:,} products")
+            progress.update(scan.total, page.paging.TotalRows if page.paging else None)
         store_changes()
+    progress.finish()
     removed = scan.removed_keys()
     if removed:
         store.delete_snapshot_rows(datasets.snapshot, removed)

@@ -27,6 +27,8 @@ from billbee_pulpo_pipeline.defs.common import (
     count_metadata,
     fingerprint,
     preview_table,
+    record_success,
+    ui_metadata,
 )
 from billbee_pulpo_pipeline.defs.sales_orders.windows import (
     OVERLAP,
@@ -43,6 +45,7 @@ from billbee_pulpo_pipeline.defs.sales_orders.writer import CHECK as WRITER_CHEC
 from billbee_pulpo_pipeline.defs.sales_orders.writer import WRITER, OrderWriter, accounted_check
 from billbee_pulpo_pipeline.defs.write_behind import WriteBehind
 from billbee_pulpo_pipeline.mapping.orders import content_fields, order_fields
+from billbee_pulpo_pipeline.progress import Progress
 from billbee_pulpo_pipeline.state import StateStore
 
 ORDERS = "billbee_orders"
@@ -154,7 +157,8 @@ def sales_orders_assets(flow: Flow, partitions: dg.PartitionsDefinition) -> dg.A
         if reader_key in context.selected_asset_keys:
             early_writes = writer.write_pass if writer is not None and not config.dry_run else None
             metadata, check = read_window(context, flow, store, config, early_writes)
-            yield dg.MaterializeResult(asset_key=reader_key, metadata=metadata, check_results=[check])
+            record_success(context, store, flow, ORDERS, ui_metadata(metadata))
+            yield dg.MaterializeResult(asset_key=reader_key, metadata=ui_metadata(metadata), check_results=[check])
             if not check.passed:
                 return  # the failed blocking check fails the run; the window is read again next time
         if writer is not None:
@@ -176,9 +180,13 @@ def read_window(context: dg.AssetExecutionContext, flow: Flow, store: StateStore
     started = utc_now()
     wanted = read_range(window.start, window.end, previous, started, reread=config.reread)
     counts: Counter[str] = Counter()
+    progress = Progress(f"{flow.name} {context.partition_key}", "orders", context.log.info)
 
     with WriteBehind(early_writes, name=f"{flow.slug}-pulpo-writes") as behind:
         def store_page(page: ResultPage[Order]) -> None:  # runs while the pacer waits for the next page
+            total = page.paging.TotalRows if page.paging is not None else None
+            # Position in the current pass (a window that shifted is paged again from page 1).
+            progress.update((page.number - 1) * config.page_size + len(page.items), total)
             usable = [o for o in page.items if order_problem(o) is None]
             fresh, stale = without_stale(store, dataset, usable)
             # Refreshed payloads keep each order's stored LastModifiedAt current (`without_stale` compares it).
@@ -189,6 +197,8 @@ def read_window(context: dg.AssetExecutionContext, flow: Flow, store: StateStore
 
         result = WindowRead.nothing() if wanted is None else read_orders(
             client, wanted, page_size=config.page_size, on_shift=context.log.warning, on_page=store_page)
+    if wanted is not None:
+        progress.finish()
 
     problems = [{"billbee_order_id": str(o.BillBeeOrderId), "problem": p}
                 for o in result.orders if (p := order_problem(o)) is not None]
@@ -226,7 +236,8 @@ def write_result(context: dg.AssetExecutionContext, flow: Flow, writer: OrderWri
         raise dg.Failure(description=f"{c['failed']} order(s) not written: {writer.halted}. They stay "
                                      "pending and the next run retries them (looking each up first).",
                          metadata=metadata)
-    return dg.MaterializeResult(asset_key=flow.key(WRITER), metadata=metadata,
+    record_success(context, writer.store, flow, WRITER, metadata)
+    return dg.MaterializeResult(asset_key=flow.key(WRITER), metadata=ui_metadata(metadata),
                                 check_results=[accounted_check(writer, flow)])
 
 

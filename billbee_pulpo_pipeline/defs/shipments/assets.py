@@ -13,9 +13,18 @@ The packing sensor (every 30 s) runs the job when packing finishes; the schedule
 import dagster as dg
 
 from billbee_pulpo_pipeline.config.models import ShipmentsSettings
-from billbee_pulpo_pipeline.defs.common import STATE_STORE_KEY, CallMeter, Flow, WriteConfig, flow_definitions
+from billbee_pulpo_pipeline.defs.common import (
+    STATE_STORE_KEY,
+    CallMeter,
+    Flow,
+    WriteConfig,
+    flow_definitions,
+    record_success,
+    ui_metadata,
+)
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS, packing_orders_asset, packing_sensor
 from billbee_pulpo_pipeline.defs.shipments.writer import CHECKS_PER_RUN, PROCESSED, WATCH, WRITER, ShipmentWriter
+from billbee_pulpo_pipeline.defs.shipping_method_filter import methods_note
 from billbee_pulpo_pipeline.defs.status_updates.order_links import LINKS_CHECK, PendingSource, links_check
 
 
@@ -44,8 +53,9 @@ hourly, at most {CHECKS_PER_RUN} per run. Each new code becomes one `POST /order
 the carrier (carrier_map, else Billbee's carrier list by name; unmapped ones are sent without and
 counted) and the order's own shipping provider; the ledger key `shipment:<order>:<code>` makes it
 happen once, and an attempt with an unknown outcome is looked up in Billbee's shipments before it is
-sent again. Orders that did not come from Billbee are skipped and counted. Blocked by the check
-`{LINKS_CHECK}`. Launchpad `dry_run: true` shows the plan and writes nothing.""",
+sent again. Orders that did not come from Billbee are skipped and counted.\
+{methods_note(settings.pulpo_shipping_methods)}
+Blocked by the check `{LINKS_CHECK}`. Launchpad `dry_run: true` shows the plan and writes nothing.""",
     )
     def billbee_shipments(context: dg.AssetExecutionContext, config: WriteConfig) -> dg.MaterializeResult:
         billbee = getattr(context.resources, flow.target_key).client()
@@ -54,7 +64,7 @@ sent again. Orders that did not come from Billbee are skipped and counted. Block
         writer = ShipmentWriter(flow, billbee, pulpo, context.resources.state_store.store(),
                                 dry_run=config.dry_run, log=context.log)
         report = writer.run()
-        metadata = {**report.metadata(config.dry_run), **meter.metadata()}
+        metadata = ui_metadata({**report.metadata(config.dry_run), **meter.metadata()})
         c = report.counts
         context.log.info(f"{flow.name}: {report.read} packing orders watched, {c['checked']} looked at; "
                          f"{c['shipments_added']} shipments added, {c['state_set']} states set, {c['complete']} "
@@ -63,6 +73,7 @@ sent again. Orders that did not come from Billbee are skipped and counted. Block
             raise dg.Failure(description=f"{c['failed']} packing order(s) not finished: {writer.halted}. They stay "
                                          "watched; the next run looks in Billbee before it sends anything again.",
                              metadata=metadata)
+        record_success(context, writer.store, flow, WRITER, metadata)
         return dg.MaterializeResult(metadata=metadata)
 
     return billbee_shipments

@@ -29,6 +29,9 @@ process killed before the record: `BPP_TEST_CRASH_AFTER=shipment`) stays 'pendin
 first looks at the order's shipments in Billbee (`GET /shipment/shipments?orderId=`): found, it is
 recorded as done; not found, it is sent. A code the Billbee order already carries (added by hand or
 by another tool) is recorded without a POST. Orders in a protected state (Storniert, …) get nothing.
+
+With `pulpo_shipping_methods`, only packing orders whose PULPO sales order has one of those shipping
+methods are watched; the others are left to the labels integration (`defs/shipping_method_filter.py`).
 """
 
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
@@ -56,6 +59,7 @@ from billbee_pulpo_pipeline.defs.common import (
 )
 from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS
+from billbee_pulpo_pipeline.defs.shipping_method_filter import OTHER_METHOD, ShippingMethodFilter
 from billbee_pulpo_pipeline.defs.status_updates.order_links import Halt, OrderLinks, StateWrites, one_writer
 from billbee_pulpo_pipeline.mapping.shipments import (
     CarrierMatch,
@@ -76,7 +80,7 @@ CHECKS_PER_RUN = 40                    # packing orders looked at per run, oldes
 CARRIERS_TTL = timedelta(hours=24)     # Billbee's carrier list is read at most once a day
 COUNTS = ("checked", "shipments_added", "shipments_found", "state_set", "complete", "waiting_for_tracking",
           "expired", "protected", "order_missing", "not_due", "deferred", "not_from_billbee", "waiting_for_link",
-          "quarantined", "carrier_unmapped", "label_errors", "failed", "planned")
+          OTHER_METHOD, "no_shipping_method", "quarantined", "carrier_unmapped", "label_errors", "failed", "planned")
 
 
 @dataclass
@@ -118,7 +122,7 @@ class Report:
         c = self.counts
         return write_metadata(
             count_metadata(records_read=self.read, records_written=c["shipments_added"] + c["state_set"],
-                           records_skipped=c["not_from_billbee"], attention=len(self.attention),
+                           records_skipped=c["not_from_billbee"] + c[OTHER_METHOD], attention=len(self.attention),
                            **{name: c[name] for name in COUNTS}),
             dry_run=dry_run, failures=self.failures, plan=self.plan,
             shipments=self.shipments, attention=self.attention, quarantine=self.quarantine,
@@ -142,6 +146,7 @@ class ShipmentWriter:
         self.links = OrderLinks(flow, pulpo, store, now=now)
         self.states = StateWrites(flow.slug, billbee, store, dry_run=dry_run, log=self.log)
         self.wait = timedelta(hours=self.settings.tracking_wait_hours)
+        self.methods = ShippingMethodFilter(self.settings.pulpo_shipping_methods, pulpo)
         self.report = Report()
         self.halted: str | None = None
         self._carriers: dict[int, str] | None = None
@@ -210,6 +215,8 @@ class ShipmentWriter:
             elif link.status == "waiting":
                 self.report.counts["waiting_for_link"] += 1
                 self.report.waiting.append({"record": watch.label, "reason": link.reason or ""})
+            elif watch.checks == 0 and self._left_to_other_flow(watch, str(link.billbee_order_id)):
+                continue
             elif watch.next_check <= now or now - watch.finished_at >= self.wait:
                 watch.billbee_order_id = str(link.billbee_order_id)
                 due.append(watch)
@@ -218,6 +225,25 @@ class ShipmentWriter:
         due.sort(key=lambda w: (w.next_check, w.key))
         self.report.counts["deferred"] += max(len(due) - CHECKS_PER_RUN, 0)
         return due[:CHECKS_PER_RUN]
+
+    def _left_to_other_flow(self, watch: Watch, order_id: str) -> bool:
+        """`pulpo_shipping_methods`: decided on a packing order's first look; one of another shipping method
+        is settled as skipped, one without a shipping method as needing attention."""
+        try:
+            skip = self.methods.skip_reason(watch.order.sales_order_id)
+        except NotFoundError:
+            return False   # the look at its boxes reports it
+        except TransientApiError as exc:
+            raise Halt(f"PULPO sales order of {watch.label} could not be read: {exc.reason}") from exc
+        if skip is None:
+            return False
+        reason, attention = skip
+        if attention:
+            self._attention(watch, order_id, reason)
+        else:
+            self.report.skipped.append({"record": watch.label, "reason": reason})
+        self._settle(watch, "no_shipping_method" if attention else OTHER_METHOD, order_id, reason)
+        return True
 
     # ---- one packing order --------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from billbee_pulpo_pipeline.defs.common import (
     WriteConfig,
     flow_definitions,
     preview_table,
+    record_success,
+    ui_metadata,
 )
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS, packing_orders_asset, packing_sensor
 from billbee_pulpo_pipeline.defs.shipping_labels.writer import (
@@ -28,6 +30,7 @@ from billbee_pulpo_pipeline.defs.shipping_labels.writer import (
     WRITER,
     LabelWriter,
 )
+from billbee_pulpo_pipeline.defs.shipping_method_filter import OTHER_METHOD, methods_note
 from billbee_pulpo_pipeline.mapping.labels import RETRY_DELAYS
 
 
@@ -88,12 +91,13 @@ def labels_asset(flow: Flow) -> dg.AssetsDefinition:
             raise dg.Failure(description=f"Another run of {flow.name} has been writing labels for "
                                          f"{int(LOCK_WAIT_SECONDS)} s; this run wrote nothing "
                                          "(the next one takes over what is left).") from exc
-        metadata = {**report.metadata(config.dry_run), **meter.metadata()}
+        metadata = ui_metadata({**report.metadata(config.dry_run), **meter.metadata()})
         c = report.counts
         context.log.info(f"{flow.name}: {c['packing_orders']} packing orders, {c['boxes']} boxes; labels "
                          f"{c['labels_created']} new, {c['labels_recovered']} recovered; trackings "
                          f"{c['trackings_written']}; attachments {c['attachments']}; quarantined {c['quarantined']}, "
-                         f"waiting {c['waiting']}, not from Billbee {c['not_from_billbee']}")
+                         f"waiting {c['waiting']}, not from Billbee {c['not_from_billbee']}, other shipping method "
+                         f"{c[OTHER_METHOD]}")
         plan_check = plan_result(flow, writer.planned, writer.problems)
         if writer.problems:
             context.log.error(f"{flow.name}: the label plan is not safe, nothing more was written: "
@@ -104,6 +108,7 @@ def labels_asset(flow: Flow) -> dg.AssetsDefinition:
             raise dg.Failure(description=f"{writer.halted}. What was done is recorded; the rest stays pending "
                                          "and the next run continues (looking at Billbee first where a label "
                                          "call's outcome is unknown).", metadata=metadata)
+        record_success(context, store, flow, WRITER, metadata)
         return dg.MaterializeResult(metadata=metadata,
                                     check_results=[plan_check, accounted_result(flow, writer)])
 
@@ -147,7 +152,8 @@ Billbee shipments before it is made again. Billbee's refusals (e.g. ErrorCode 22
 go to quarantine with Billbee's message and what to fix; the other boxes go on. Refused boxes are
 tried again after {delays}, then daily, or at once with launchpad `retry_refused: true`. Launchpad
 `dry_run: true` shows the plan (metadata `plan`) and writes nothing. State lives in DuckDB under
-$BPP_HOME: datasets `{flow.dataset('labels_processed')}`, `{flow.dataset('labels_waiting')}`."""
+$BPP_HOME: datasets `{flow.dataset('labels_processed')}`, `{flow.dataset('labels_waiting')}`.\
+{methods_note(flow.integration.settings.pulpo_shipping_methods)}"""  # type: ignore[attr-defined]
 
 
 def _duration(seconds: float) -> str:

@@ -3,7 +3,9 @@
 Which packing orders: every finished packing order of `<slug>.pulpo_finished_packing_orders` whose
 hash is not in `<slug>.labels_processed` yet, plus those in `<slug>.labels_waiting` whose retry is
 due. A packing order belongs to a Billbee order through its `sales_order_id` and the sales-orders
-flow's order mapping; packing orders of other sales orders are skipped and counted.
+flow's order mapping; packing orders of other sales orders are skipped and counted. With
+`pulpo_shipping_methods`, only packing orders whose PULPO sales order has one of those shipping methods
+get labels; the others are left to the shipments integration (`defs/shipping_method_filter.py`).
 
 Per box, three steps, each framed by its own ledger entry (a crash between two resumes at the next):
 
@@ -83,6 +85,7 @@ from billbee_pulpo_pipeline.defs.common import (
 )
 from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS
+from billbee_pulpo_pipeline.defs.shipping_method_filter import OTHER_METHOD, ShippingMethodFilter
 from billbee_pulpo_pipeline.mapping import labels as lm
 from billbee_pulpo_pipeline.state import LedgerEntry, StateStore
 
@@ -164,8 +167,8 @@ class BoxWork:
 class Report:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("packing_orders", "boxes", "labels_created", "labels_recovered", "trackings_written",
-         "trackings_adopted", "attachments", "attachments_adopted", "not_from_billbee", "quarantined",
-         "waiting", "attention", "failed"), 0))
+         "trackings_adopted", "attachments", "attachments_adopted", "not_from_billbee", OTHER_METHOD,
+         "quarantined", "waiting", "attention", "failed"), 0))
     quarantine: list[dict[str, str]] = field(default_factory=list)
     attention: list[dict[str, str]] = field(default_factory=list)
     labels: list[dict[str, str]] = field(default_factory=list)
@@ -177,7 +180,7 @@ class Report:
         written = c["labels_created"] + c["trackings_written"] + c["attachments"]
         return write_metadata(
             count_metadata(records_read=c["packing_orders"], records_written=written,
-                           records_skipped=c["not_from_billbee"] + c["waiting"], **c),
+                           records_skipped=c["not_from_billbee"] + c[OTHER_METHOD] + c["waiting"], **c),
             dry_run=dry_run, failures=self.failures, plan=self.plan,
             labels=self.labels, quarantine=self.quarantine, attention=self.attention)
 
@@ -207,6 +210,7 @@ class LabelWriter:
         self.label_kind = mapping_kind("label", flow)
         self.provider_map = {int(r.pulpo_shipping_method_id): (int(r.billbee_provider_id), int(r.billbee_product_id))
                              for r in self.settings.provider_map}
+        self.methods = ShippingMethodFilter(self.settings.pulpo_shipping_methods, pulpo)
         self.report = Report()
         self.halted: str | None = None
         self.work: list[tuple[str, str, PackingOrder]] = []     # (packing order id, hash, order)
@@ -312,6 +316,8 @@ class LabelWriter:
             self.report.counts["not_from_billbee"] += 1
             self._plan_row(key, None, "skip", f"sales order {packing.sales_order_id} did not come from Billbee")
             return
+        if self._left_to_other_flow(key, packing, billbee_order_id):
+            return
         boxes = self._pulpo(lambda: self.pulpo.list_boxes(int(key)), "boxes")
         boxes = sorted(boxes, key=lambda b: (b.box_number or 0, b.id or 0))
         work = [BoxWork(int(key), box, len(boxes), billbee_order_id) for box in boxes if box.id is not None]
@@ -328,6 +334,19 @@ class LabelWriter:
             action = "label" if self._needs_call(w) else "wait" if w.waiting else "tracking/attachment" \
                 if w.label else "recover"
             self._plan_row(key, w, action, w.waiting or "")
+
+    def _left_to_other_flow(self, key: str, packing: PackingOrder, billbee_order_id: str) -> bool:
+        """`pulpo_shipping_methods`: a packing order of another shipping method is skipped (counted; one
+        without a shipping method is shown as needing attention)."""
+        skip = self._pulpo(lambda: self.methods.skip_reason(packing.sales_order_id), "sales order")
+        if skip is None:
+            return False
+        reason, attention = skip
+        self.report.counts["attention" if attention else OTHER_METHOD] += 1
+        if attention:
+            self.report.attention.append({"billbee_order_id": billbee_order_id, "box_id": "", "reason": reason})
+        self._plan_row(key, None, "skip", reason)
+        return True
 
     def _billbee_order_of(self, packing: PackingOrder) -> str | None:
         if packing.sales_order_id is None:
@@ -368,8 +387,8 @@ class LabelWriter:
             context.problem = (f"the Billbee order {billbee_order_id} is {lm.NO_LABEL_STATES[state]}: no label "
                                "is bought for it")
         if self.provider_map and packing.sales_order_id is not None:
-            order = self._pulpo(lambda: self.pulpo.get_sales_order(int(packing.sales_order_id)), "sales order")
-            context.shipping_method_id = order.shipping_method_id
+            context.shipping_method_id = self._pulpo(
+                lambda: self.methods.shipping_method(int(packing.sales_order_id)), "sales order")
         self.orders[billbee_order_id] = context
         return context
 

@@ -27,6 +27,8 @@ from billbee_pulpo_pipeline.defs.common import (
     count_metadata,
     fingerprint,
     flow_definitions,
+    record_success,
+    ui_metadata,
 )
 from billbee_pulpo_pipeline.defs.packing_events import (
     FIRST_RUN_LOOKBACK,
@@ -113,11 +115,11 @@ seen) minus {int(READ_OVERLAP.total_seconds() // 60)} minutes, stored in DuckDB 
         newest = PackingCursor(orders[-1].updated_at, int(orders[-1].id)) if orders else after  # type: ignore[arg-type]
         if newest is not None and newest != after:
             store.set_cursor(ended_cursor_name(flow), newest.encode())
-        return dg.MaterializeResult(metadata={
+        return dg.MaterializeResult(metadata=ui_metadata({
             **count_metadata(records_read=len(rows), new=diff.new, changed=diff.changed, unchanged=diff.unchanged),
             **meter.metadata(),
             "cursor": dg.MetadataValue.text(newest.encode() if newest else "none yet"),
-        })
+        }))
 
     return pulpo_ended_sales_orders
 
@@ -151,7 +153,7 @@ Each state is set at most once per order (ledger `status:<order>:<state>`). Bloc
         writer = StatusWriter(flow, billbee, pulpo, context.resources.state_store.store(),
                               dry_run=config.dry_run, log=context.log)
         report = writer.run()
-        metadata = {**report.metadata(config.dry_run), **meter.metadata()}
+        metadata = ui_metadata({**report.metadata(config.dry_run), **meter.metadata()})
         c = report.counts
         context.log.info(f"{flow.name}: {report.read} pending; set {c['set']}, already {c['already'] + c['later']}, "
                          f"attention {c['protected'] + c['rejected']}, not from Billbee {c['not_from_billbee']}, "
@@ -160,7 +162,8 @@ Each state is set at most once per order (ledger `status:<order>:<state>`). Bloc
             raise dg.Failure(description=f"{c['failed']} record(s) not written: {writer.halted}. They stay pending "
                                          "and the next run retries them (reading each Billbee order first).",
                              metadata=metadata)
-        return dg.MaterializeResult(metadata=metadata)
+        record_success(context, writer.store, flow, WRITER, metadata)
+        return dg.MaterializeResult(metadata=ui_metadata(metadata))
 
     return billbee_order_states
 

@@ -29,6 +29,8 @@ from billbee_pulpo_pipeline.defs.common import (
     count_metadata,
     flow_definitions,
     preview_table,
+    record_success,
+    ui_metadata,
 )
 from billbee_pulpo_pipeline.defs.stock.pulpo_stock import (
     PULPO_STOCK,
@@ -158,9 +160,10 @@ def stock_assets(flow: Flow) -> dg.AssetsDefinition:
                 if writer is not None:
                     writer.abort()
                 raise
-            yield dg.MaterializeResult(asset_key=snapshot_key, metadata=metadata, check_results=[check])
+            yield dg.MaterializeResult(asset_key=snapshot_key, metadata=ui_metadata(metadata), check_results=[check])
             if failure is not None:
                 raise failure
+            record_success(context, store, flow, PULPO_STOCK, ui_metadata(metadata))
             if not check.passed:
                 return  # the failed blocking check fails the run: no article was marked sold out
         elif writer is not None:
@@ -170,7 +173,9 @@ def stock_assets(flow: Flow) -> dg.AssetsDefinition:
                 writer.abort()
                 raise
         if writer is not None and writer_meter is not None:
-            yield dg.MaterializeResult(asset_key=writer_key, metadata={**writer.metadata(), **writer_meter.metadata()},
+            metadata = ui_metadata({**writer.metadata(), **writer_meter.metadata()})
+            record_success(context, store, flow, writer_key.path[-1], metadata)
+            yield dg.MaterializeResult(asset_key=writer_key, metadata=metadata,
                                        check_results=[accounted_check(flow, writer)])
 
     return stock

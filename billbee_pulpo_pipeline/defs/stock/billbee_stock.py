@@ -20,6 +20,7 @@ from billbee_pulpo_pipeline.clients.billbee import BillbeeClient, Product
 from billbee_pulpo_pipeline.clients.http import ApiError
 from billbee_pulpo_pipeline.defs.common import Flow, mapping_kind
 from billbee_pulpo_pipeline.mapping.stock import BUNDLE_TYPE
+from billbee_pulpo_pipeline.progress import Progress
 from billbee_pulpo_pipeline.state import StateStore, snapshot_row
 
 BUNDLES = "billbee_bundles"
@@ -63,9 +64,10 @@ def written_level(product: Product, stock_id: int | None, default_stock_id: int 
 
 
 def read_billbee_stock(client: BillbeeClient, *, stock_id: int | None, autosubtract: bool,
-                       log: logging.Logger | Any = None) -> BillbeeStock:
+                       log: logging.Logger | Any = None, label: str = "Billbee stock") -> BillbeeStock:
     """Every article's stock and every bundle, from the product list."""
     log = log or logging.getLogger(__name__)
+    progress = Progress(label, "Billbee articles", log.info)
     default_stock_id = None
     if stock_id is None and autosubtract:  # the default location's unfulfilled amount is needed
         default_stock_id = next((s.Id for s in client.get_stock_locations() if s.IsDefault), None)
@@ -80,8 +82,8 @@ def read_billbee_stock(client: BillbeeClient, *, stock_id: int | None, autosubtr
                 result.bundles[sku] = components_of(product)
             else:
                 result.levels[sku] = written_level(product, stock_id, default_stock_id, autosubtract)
-        if page.number % 40 == 0:
-            log.info(f"read the stock of {result.products:,} Billbee articles")
+        progress.update(result.products, page.paging.TotalRows if page.paging is not None else None)
+    progress.finish()
     return result
 
 

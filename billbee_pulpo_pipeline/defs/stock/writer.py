@@ -136,7 +136,7 @@ class StockWriter:
         components = self.bundles.components()
         if self.reconcile_reason:
             self.billbee = read_billbee_stock(self.client, stock_id=self.stock_id, autosubtract=self.autosubtract,
-                                              log=self.log)
+                                              log=self.log, label=f"{self.flow.name}: stock reconcile")
             components = self.billbee.bundles
             if not self.dry_run:
                 self.bundles.replace(components)
