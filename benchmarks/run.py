@@ -389,26 +389,37 @@ def fig_billbee_calls_per_order_tick() -> dict[str, Any]:
     return {"calls_by_changed_orders": calls, "target": {"0": 1, "10": 1, "1000": 4}}
 
 
+def chaos_summary(report: Any) -> dict[str, Any]:
+    return {"ok": report.ok, "minutes": round(report.wall_seconds / 60, 1), "syncs": dict(report.syncs),
+            "faults": report.faults, "world": dict(report.world), "provoked_429_faults_off": report.provoked_429,
+            "invariants": {i.name: i.counts for i in report.invariants},
+            "safety_checks": len(report.safety_checks),
+            "safety_checks_ok": all(c["ok"] for c in report.safety_checks),
+            "sync_errors": dict(report.errors.most_common(6)),
+            "violations": [p for i in report.invariants for p in i.problems[:5]]}
+
+
 def fig_chaos() -> dict[str, Any]:
+    """Both variants and a quiet run (faults and kills off: the 429s the product provokes by itself, target
+    0) at once, each with its own sandboxes and BPP_HOME."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from billbee_pulpo_pipeline.sandboxes.chaos import ChaosOptions, run_chaos
 
     minutes = float(os.environ.get("BPP_CHAOS_MINUTES", "5"))
-    variants = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in ("labels", "shipments"):
-            report = run_chaos(ChaosOptions(minutes=minutes, variant=variant, workdir=Path(tmp) / variant))
-            print("\n".join(report.lines()), file=sys.stderr)
-            variants[variant] = {
-                "ok": report.ok, "minutes": round(report.wall_seconds / 60, 1), "syncs": dict(report.syncs),
-                "faults": report.faults, "provoked_429_faults_off": report.provoked_429,
-                "invariants": {i.name: i.counts for i in report.invariants},
-                "violations": [p for i in report.invariants for p in i.problems[:5]]}
-        # The same world with faults and kills off: the 429s the product provokes by itself (target 0).
-        quiet = ChaosOptions(minutes=min(minutes, 5.0), variant="labels", workdir=Path(tmp) / "quiet",
-                             faults=False, kill_share=0.0, hook_share=0.0)
-        calm = run_chaos(quiet)
-    return {"chaos_invariants_ok": all(v["ok"] for v in variants.values()) and calm.ok,
-            "provoked_429_faults_off": sum(v["provoked_429_faults_off"] for v in variants.values()),
+        runs = {variant: ChaosOptions(minutes=minutes, variant=variant, workdir=Path(tmp) / variant, seed=seed)
+                for seed, variant in enumerate(("labels", "shipments"), 1)}
+        runs["quiet"] = ChaosOptions(minutes=min(minutes, 5.0), variant="labels", workdir=Path(tmp) / "quiet",
+                                     faults=False, kill_share=0.0, hook_share=0.0, seed=3)
+        with ThreadPoolExecutor(len(runs)) as pool:
+            reports = dict(zip(runs, pool.map(run_chaos, runs.values()), strict=True))
+    for report in reports.values():
+        print("\n".join(report.lines()), file=sys.stderr)
+    variants = {name: chaos_summary(report) for name, report in reports.items() if name != "quiet"}
+    calm = reports["quiet"]
+    return {"chaos_invariants_ok": all(report.ok for report in reports.values()),
+            "provoked_429_faults_off": sum(r.provoked_429 for r in reports.values()),
             "quiet_run": {"minutes": round(calm.wall_seconds / 60, 1), "ok": calm.ok, "syncs": dict(calm.syncs),
                           "billbee_requests": calm.faults.get("billbee_requests"),
                           "throttled_429": calm.faults.get("billbee_throttled_429")},

@@ -432,6 +432,22 @@ def test_ledger_entries_filter(store):
     assert store.ledger_entries(limit=1)[0].key == "k9", "most recent first"
 
 
+def test_ledger_close_interrupted_closes_only_old_pending_entries_of_the_actions(store):
+    store.ledger_begin("old-update", "a", "update", None)
+    store.ledger_begin("old-create", "a", "create", None)
+    store.ledger_begin("other-integration", "b", "update", None)
+    store.ledger_begin("finished", "a", "update", None)
+    store.ledger_finish("finished", "done")
+    time.sleep(0.01)
+    cutoff = datetime.now(UTC)
+    store.ledger_begin("new-update", "a", "update", None)  # a run in flight beside the closing one
+    assert store.ledger_close_interrupted("a", ["update"], cutoff, "superseded") == 1
+    statuses = {e.key: (e.status, e.message) for e in store.ledger_entries()}
+    assert statuses["old-update"] == ("failed", "superseded")
+    assert statuses["old-create"][0] == statuses["other-integration"][0] == statuses["new-update"][0] == "pending"
+    assert statuses["finished"][0] == "done"
+
+
 def test_quarantine(store):
     first = store.quarantine_put("produkte", BIG_ID, "no SKU", {"id": int(BIG_ID)}, kind="product")
     assert (first.occurrences, first.record_key, first.payload) == (1, BIG_ID, {"id": int(BIG_ID)})

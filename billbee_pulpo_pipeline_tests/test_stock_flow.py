@@ -446,6 +446,30 @@ def test_crash_after_a_write_then_a_rerun_leaves_no_gap(world, bpp_env):
     assert sync(home).success and billbee.write_calls() == 0
 
 
+def test_a_crashed_call_whose_rows_changed_since_is_closed_by_the_next_complete_run(world, bpp_env):
+    """The chaos run found it: the crashed call's ledger key names its rows; when a value changes before
+    the rerun, the rerun's batch has another key, and the crashed entry stayed 'pending' for ever."""
+    home = Path(bpp_env["BPP_HOME"])
+    billbee, pulpo = Billbee(world), Pulpo(world)
+    assert sync(home).success
+    chosen = sorted(expected(billbee, pulpo))[:5]
+    for sku in chosen:
+        pulpo.add(sku, 1)
+    crashed = cli(bpp_env, BPP_TEST_CRASH_AFTER="stock")
+    assert crashed.returncode == 137
+    store = StateStore(home)
+    [interrupted] = store.ledger_entries(GROUP, status="pending")
+    pulpo.add(chosen[0], 2)  # the rerun's batch differs from the crashed one
+    targets = expected(billbee, pulpo)
+
+    rerun = cli(bpp_env)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert all(billbee.stock()[sku] == targets[sku] for sku in chosen)
+    assert store.ledger_entries(GROUP, status="pending") == []
+    closed = store.ledger_get(interrupted.key)
+    assert closed is not None and closed.status == "failed" and "interrupted" in (closed.message or "")
+
+
 def test_schedules_run_the_sync_and_the_daily_reconcile(tmp_path):
     from billbee_pulpo_pipeline.defs.stock.assets import on_hours, reconcile_cron
 

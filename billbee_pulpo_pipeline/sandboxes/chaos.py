@@ -91,7 +91,7 @@ class ChaosOptions:
     kill_share: float = 0.4        # syncs SIGKILLed at a random moment
     hook_share: float = 0.3        # syncs that may die right after a remote write (the crash hook)
     hook_probability: float = 0.08  # per write point, in those syncs
-    cancel_paid_share: float = 0.05  # paid orders the shop cancels later (after import, mostly)
+    cancel_paid_share: float = 0.1  # paid orders the shop cancels 1-10 ticks later (mostly after import)
     faults: bool = True
     final_rounds: int = 3
     safety_check_minutes: float = 5.0  # the no-double invariants are checked this often during the chaos
@@ -162,6 +162,7 @@ class World:
         self.paid: set[int] = set()       # every order that was ever in an import state
         self.may_import: set[int] = set()  # paid history at the edge of the first sync's lookback
         self.cancelled: set[int] = set()
+        self.cancel_at: dict[int, list[int]] = {}  # tick -> paid orders the shop cancels then
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="chaos-world")
 
@@ -198,11 +199,13 @@ class World:
         self.cancelled.update(done["canceled"])
         for key in ("created", "paid", "canceled", "products_created", "products_changed"):
             self.report.world[f"shop_{key}"] += len(done[key])
-        for order_id in sorted(self.paid - self.cancelled):
-            if self.rng.random() < self.options.cancel_paid_share / 10:
-                self.shop._set_state(order_id, CANCELLED)
-                self.cancelled.add(order_id)
-                self.report.world["shop_cancelled_after_payment"] += 1
+        for order_id in done["paid"]:  # some customers cancel within a minute or so of paying
+            if self.rng.random() < self.options.cancel_paid_share:
+                self.cancel_at.setdefault(n + self.rng.randint(1, 10), []).append(order_id)
+        for order_id in self.cancel_at.pop(n, []):
+            self.shop._set_state(order_id, CANCELLED)
+            self.cancelled.add(order_id)
+            self.report.world["shop_cancelled_after_payment"] += 1
         for key, value in self.warehouse.step().items():
             self.report.world[f"warehouse_{key}"] += value
         if self.labels is not None:

@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -881,6 +881,22 @@ class StateStore:
                 f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key IN (SELECT key FROM finished)"
             ).fetchall()
         return {row[0]: _ledger_entry(row) for row in rows}
+
+    def ledger_close_interrupted(self, integration: str, actions: Collection[str], before: datetime,
+                                 message: str) -> int:
+        """Mark 'failed' (with `message`) the entries of `actions` still 'pending' since before `before`:
+        for writers whose keys name the data sent (a later write of changed data has another key), once a
+        complete pass has made the target right again, a killed run's entry is owed nothing. Returns how
+        many were closed."""
+        with self._connect() as conn:
+            closed = conn.execute("""
+                UPDATE ledger SET status = 'failed', message = $message, updated_at = $now, finished_at = $now
+                WHERE integration = $integration AND status = 'pending' AND action IN (SELECT unnest($actions))
+                  AND updated_at < $before
+                RETURNING key
+            """, {"message": message, "now": _now(), "integration": integration, "actions": list(actions),
+                  "before": before.astimezone(UTC).replace(tzinfo=None)}).fetchall()
+        return len(closed)
 
     def ledger_get(self, key: str) -> LedgerEntry | None:
         key = _id(key)

@@ -202,10 +202,9 @@ class ProductWriter:
         """After a complete pass, the ledger entries an earlier, killed run left 'pending' are closed:
         this pass looked their products up in PULPO by SKU and converged them (nothing was written
         twice). A run still in flight beside this one records its own outcome over it when it ends."""
-        for entry in self.store.ledger_entries(self.flow.slug, status="pending"):
-            if entry.action in WRITE_ACTIONS and entry.updated_at < self.started_at:
-                self.store.ledger_finish(entry.key, "failed", message="interrupted before its result was "
-                                         "recorded; later runs matched these products in PULPO by SKU")
+        self.store.ledger_close_interrupted(self.flow.slug, WRITE_ACTIONS, self.started_at,
+                                            "interrupted before its result was recorded; later runs matched "
+                                            "these products in PULPO by SKU")
 
     def mapping(self, keys: Iterable[str] = ()) -> dict[str, str]:
         """Billbee id → PULPO id, fetched from the store for `keys` not asked for before."""

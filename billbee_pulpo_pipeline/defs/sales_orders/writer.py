@@ -31,6 +31,7 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -140,6 +141,7 @@ class OrderWriter:
         self.client = client
         self.store = store
         self.dry_run = dry_run
+        self.started_at = datetime.now(UTC)
         self.log = log or logging.getLogger(__name__)
         self.report = Report()
         self.integration = flow.slug
@@ -169,6 +171,13 @@ class OrderWriter:
     def run(self) -> Report:
         """The complete pass: every pending order this run has not handled yet."""
         self._pass()
+        if not self._halted and not self.dry_run:
+            # An update a killed run left 'pending' is owed nothing once this pass has handled the order's
+            # newest version (its key names the payload, so a changed order never finishes the old entry).
+            # Creates stay 'pending': that is what makes the next create look the order up first.
+            self.store.ledger_close_interrupted(self.integration, ["update"], self.started_at,
+                                                "interrupted before PULPO's answer was recorded; a later "
+                                                "complete run handled the order's newest version")
         return self.report
 
     def write_pass(self) -> None:
