@@ -46,7 +46,9 @@ def test_chaos_run_keeps_every_promise(variant, tmp_path):
     assert invariant(report.invariants, "each tracking code at most one").counts["doubled"] == 0
     stock = invariant(report.invariants, "Billbee stock equals")
     assert stock.counts["skus"] >= 100 and stock.counts["diverged"] == 0, text
-    assert report.syncs["final_ok"] == 4, text  # with faults off, every final sync succeeds
+    final = sum(n for outcome, n in report.syncs.items() if outcome.startswith("final_"))
+    assert report.syncs["final_ok"] == final >= 4, text  # with faults off, every final sync succeeds
+    assert report.pending_after_settle == 0, text      # ... until nothing is left pending
     assert report.provoked_429 == 0, text        # and provokes no 429 of its own
     assert_no_secret_in(tmp_path, json.dumps(report.as_dict()).encode())
 

@@ -7,7 +7,8 @@ packs, `billbee-pulpo sync` runs again and again as a separate process, with fau
 of the product's requests with 429 (Retry-After), 5 % with a 500/503 HTML page and 1 % too slowly for the
 client's timeout; PULPO answers 10 % with 503 and its tokens expire every 30 s. Syncs are SIGKILLed at random
 moments, and others die through the crash hook (`defs/crash.py`) right after a remote write, before its ledger
-record. Then the faults stop, the warehouse packs what is open, one more round of syncs runs, and the run
+record. Then the faults stop, the warehouse packs what is open, syncs run until `billbee-pulpo status` counts
+nothing pending (3 to 10 of them: a backlog drains at the flows' own pace), and the run
 checks what a merchant is promised (each `Invariant` counts what it checked and lists the first problems).
 
 `variant`: `labels` runs products, sales orders, status updates, stock and shipping labels (Billbee makes the
@@ -93,7 +94,8 @@ class ChaosOptions:
     hook_probability: float = 0.08  # per write point, in those syncs
     cancel_paid_share: float = 0.1  # paid orders the shop cancels 1-10 ticks later (mostly after import)
     faults: bool = True
-    final_rounds: int = 3
+    final_rounds: int = 3           # syncs after the warehouse packed what was open, at least ...
+    max_final_rounds: int = 10      # ... and at most, until nothing is pending
     safety_check_minutes: float = 5.0  # the no-double invariants are checked this often during the chaos
     workdir: Path = field(default_factory=lambda: Path("chaos-run"))
 
@@ -117,6 +119,7 @@ class ChaosReport:
     provoked_429: int = 0          # 429s the sandbox's own throttling served (not injected)
     errors: Counter[str] = field(default_factory=Counter)  # what failed syncs reported, by reason
     safety_checks: list[dict[str, Any]] = field(default_factory=list)  # during the chaos, not only after
+    pending_after_settle: int | None = None  # what `status` still counted as pending after the last sync
     invariants: list[Invariant] = field(default_factory=list)
 
     @property
@@ -127,7 +130,8 @@ class ChaosReport:
     def as_dict(self) -> dict[str, Any]:
         return {"variant": self.variant, "ok": self.ok, "wall_seconds": round(self.wall_seconds, 1),
                 "syncs": dict(self.syncs), "faults": self.faults, "world": dict(self.world),
-                "provoked_429": self.provoked_429, "safety_checks": self.safety_checks,
+                "provoked_429": self.provoked_429, "pending_after_settle": self.pending_after_settle,
+                "safety_checks": self.safety_checks,
                 "sync_errors": dict(self.errors.most_common(20)),
                 "invariants": [asdict(i) for i in self.invariants]}
 
@@ -538,14 +542,26 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
 
 
 def settle(world: World, env: dict[str, str], options: ChaosOptions, report: ChaosReport) -> None:
-    """Faults off: sync, let the warehouse pack everything open, sync again until the writes are done."""
+    """Faults off: sync, let the warehouse pack everything open, then sync until `billbee-pulpo status`
+    reports nothing pending (at least `final_rounds`, at most `max_final_rounds` syncs): a backlog left by
+    the chaos drains at the flows' own pace (shipments: 40 packing orders a run)."""
     report.syncs["final_" + run_sync_process(env, "clean", 0, errors=report.errors)] += 1
     for key, value in world.warehouse.pack_all(max_steps=12).items():
         report.world[f"warehouse_{key}"] += value
     if world.labels is not None:
         report.world["label_service_trackings"] += world.labels.step()
-    for _ in range(options.final_rounds):
+    for round_number in range(1, options.max_final_rounds + 1):
         report.syncs["final_" + run_sync_process(env, "clean", 0, errors=report.errors)] += 1
+        report.pending_after_settle = pending_records(env)
+        if round_number >= options.final_rounds and report.pending_after_settle == 0:
+            break
+
+
+def pending_records(env: dict[str, str]) -> int:
+    """Records the integrations hold but have not handled yet, as `billbee-pulpo status --json` counts them."""
+    out = subprocess.run([sys.executable, "-m", "billbee_pulpo_pipeline.cli", "status", "--json"], env=env,
+                         capture_output=True, timeout=300).stdout
+    return sum(i.get("pending") or 0 for i in json.loads(out)["integrations"])
 
 
 def main(argv: list[str] | None = None) -> int:
