@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,20 @@ def with_integration_metadata(spec: dg.AssetSpec, flow: Flow) -> dg.AssetSpec:
     """The integration's own name (Dagster group names allow only `[A-Za-z0-9_]`, so the group is its
     slug) and type on the asset, shown under "Metadata" on its page in the UI."""
     return spec.merge_attributes(metadata={"integration": flow.name, "integration_type": flow.integration.type})
+
+
+@dataclass
+class WriteReport:
+    """What a PULPO → Billbee writer run did: counts and the record lists its metadata previews."""
+
+    read: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    attention: list[dict[str, str]] = field(default_factory=list)
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+    waiting: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    plan: list[dict[str, str]] = field(default_factory=list)
 
 
 def write_metadata(counts: dict[str, dg.MetadataValue], *, dry_run: bool, failures: list[Mapping[str, Any]],

@@ -37,7 +37,6 @@ methods are watched; the others are left to the labels integration (`defs/shippi
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
 import json
 import logging
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,6 +51,7 @@ from billbee_pulpo_pipeline.clients.pulpo import PackingOrder, PulpoClient
 from billbee_pulpo_pipeline.config.models import ShipmentsSettings
 from billbee_pulpo_pipeline.defs.common import (
     Flow,
+    WriteReport,
     canonical_json,
     count_metadata,
     fingerprint,
@@ -106,17 +106,9 @@ class Watch:
 
 
 @dataclass
-class Report:
-    read: int = 0
-    counts: Counter[str] = field(default_factory=Counter)
+class Report(WriteReport):
     shipments: list[dict[str, str]] = field(default_factory=list)
-    attention: list[dict[str, str]] = field(default_factory=list)
-    quarantine: list[dict[str, str]] = field(default_factory=list)
     unmapped: list[dict[str, str]] = field(default_factory=list)
-    waiting: list[dict[str, str]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    plan: list[dict[str, str]] = field(default_factory=list)
 
     def metadata(self, dry_run: bool) -> dict[str, dg.MetadataValue]:
         c = self.counts

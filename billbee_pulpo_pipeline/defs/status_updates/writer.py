@@ -21,9 +21,9 @@ dies exactly there (crash tests only).
 
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +34,7 @@ from billbee_pulpo_pipeline.clients.billbee.states import state_name
 from billbee_pulpo_pipeline.clients.http import NotFoundError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PackingOrder, PulpoClient, SalesOrder
 from billbee_pulpo_pipeline.config.models import StatusUpdatesSettings
-from billbee_pulpo_pipeline.defs.common import Flow, canonical_json, count_metadata, write_metadata
+from billbee_pulpo_pipeline.defs.common import Flow, WriteReport, canonical_json, count_metadata, write_metadata
 from billbee_pulpo_pipeline.defs.packing_events import PACKING_ORDERS
 from billbee_pulpo_pipeline.defs.status_updates.order_links import Halt, Link, OrderLinks, StateWrites, one_writer
 from billbee_pulpo_pipeline.mapping.status import step_of
@@ -67,15 +67,7 @@ class Event:
 
 
 @dataclass
-class Report:
-    read: int = 0
-    counts: Counter[str] = field(default_factory=Counter)
-    attention: list[dict[str, str]] = field(default_factory=list)
-    quarantine: list[dict[str, str]] = field(default_factory=list)
-    waiting: list[dict[str, str]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    plan: list[dict[str, str]] = field(default_factory=list)
+class Report(WriteReport):
 
     def metadata(self, dry_run: bool) -> dict[str, dg.MetadataValue]:
         c = self.counts
