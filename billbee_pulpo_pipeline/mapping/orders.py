@@ -5,7 +5,9 @@ Linkage: `external_order_num` = str(BillBeeOrderId), which never changes; `order
 `OrderNumber` (what the warehouse sees on its screens), or the Billbee id when the marketplace gave
 no number. PULPO keeps `order_num` unique, which is what makes a retried create safe.
 
-Lines: by SKU to the PULPO `product_id`. Left out:
+Lines: each to the PULPO `product_id` of the Billbee article it is linked to (`Product.BillbeeId`),
+by SKU only when it has no linked article; bundle lines ship as their components (setting `bundles`).
+The resolution is `mapping/articles.py`, applied by the writer (`defs/sales_orders/lines.py`). Left out:
 - coupon lines (`IsCoupon`, with `skip_coupon_lines`, the default): vouchers are money, not goods;
 - digital lines (`Product.IsDigital`): nothing to pick, whatever their SKU;
 - lines without SKU that weigh nothing (0 g or unknown): shipping fees, gift wrapping, services;
@@ -41,6 +43,7 @@ from typing import Any, Protocol
 
 from billbee_pulpo_pipeline.clients.billbee.models import Order, parse_billbee_datetime
 
+BUNDLE_TYPE = 2  # Billbee `Product.Type` of a bill-of-materials article on an order position
 ADDRESS_KEYS = ("FirstName", "LastName", "Company", "NameAddition", "Street", "HouseNumber", "Line2", "Zip",
                 "City", "State", "CountryISO2", "Email", "Phone")
 
@@ -83,6 +86,8 @@ def _lines(order: Order | Mapping[str, Any]) -> list[dict[str, Any]]:
             "is_coupon": bool(_get(item, "IsCoupon")),
             "is_digital": bool(_get(product, "IsDigital")),
             "weight_g": _get(product, "Weight"),
+            # Only on bundle lines, so the content hash of every other stored order stays as it was.
+            **({"bundle": True} if _get(product, "Type") == BUNDLE_TYPE else {}),
         })
     return lines
 
@@ -139,12 +144,15 @@ def fields_from_payload(payload: str | Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Line:
-    """One line PULPO gets: the SKU (resolved to a product id later), a whole quantity, the position."""
+    """One line PULPO gets: the SKU (resolved to a product id later), a whole quantity, the position
+    (PULPO's `line_order_id`). `product_id` is set once the line is resolved to its PULPO product."""
 
     sku: str
     quantity: int
     position: str | None
     billbee_product_id: str | None
+    bundle: bool = False
+    product_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ def select_lines(fields: Mapping[str, Any], skip_coupon_lines: bool = True) -> L
         if whole is None:
             return LineSelection(problem=f"quantity {quantity} of SKU {sku} is not a whole number; PULPO "
                                  "counts units")
-        lines.append(Line(sku, whole, line.get("position"), line.get("billbee_product_id")))
+        lines.append(Line(sku, whole, line.get("position"), line.get("billbee_product_id"), bool(line.get("bundle"))))
     return LineSelection(lines=lines, skipped=skipped)
 
 
@@ -293,13 +301,14 @@ def sales_order_payload(
     shipping_method: int | None = None,
     third_party_id: int | None = None,
 ) -> dict[str, Any]:
-    """PULPO `SalesOrderBodyRequest` (all lines' SKUs must be in `product_ids`)."""
+    """PULPO `SalesOrderBodyRequest` (lines without a resolved `product_id` must have their SKU in `product_ids`)."""
     payload: dict[str, Any] = {
         "order_num": order_num(fields),
         "external_order_num": str(fields["billbee_order_id"]),
         "warehouse_id": warehouse_id,
         "ship_to": ship_to(fields),
-        "items": [{"product_id": product_ids[line.sku], "quantity": line.quantity,
+        "items": [{"product_id": line.product_id if line.product_id is not None else product_ids[line.sku],
+                   "quantity": line.quantity,
                    **({"line_order_id": line.position} if line.position else {})} for line in lines],
         "attributes": json.dumps({"billbee_order_id": str(fields["billbee_order_id"]),
                                   "billbee_shop": fields.get("shop")}, ensure_ascii=False, sort_keys=True),
