@@ -194,6 +194,8 @@ def test_stock_counts_open_marketplace_and_bundle_units_against_the_article_skus
         assert seeded and all(i["Product"]["SKU"] != sku_for(i["Product"]["BillbeeId"] - billbee_product_id(0))
                               for i in seeded)
         order(shop, [(5, "AMZ-B07-5", 3), (BUNDLE, sku_for(BUNDLE), 1)], state=ORDERED, number="O-1")
+        for index in (5, 47, 48):                                       # enough stock that O shows in the value
+            pulpo.add(sku_for(index), 50)
         materialize(home, PRODUCTS_GROUP)
         result = materialize(home, STOCK_GROUP)
         assert result["open_bundle_units_unresolved"] == 0
@@ -203,6 +205,8 @@ def test_stock_counts_open_marketplace_and_bundle_units_against_the_article_skus
         targets = {sku: max(0, math.floor(row["available"] - opened[sku]))
                    for sku, row in pulpo.summary(1).items() if not catalog_item(1, int(sku[4:])).is_bundle}
         assert {sku: stock[sku] for sku in targets} == targets
+        for index in (5, 47, 48):
+            assert stock[sku_for(index)] == pulpo.summary(1)[sku_for(index)]["available"] - opened[sku_for(index)] > 0
         assert not any(sku.startswith(MARKETPLACE_SKU_PREFIX) for sku in stock)
     finally:
         sandbox.reset("billbee", products=SANDBOX_PRODUCTS, orders=SANDBOX_ORDERS)

@@ -313,7 +313,8 @@ class OrderWriter:
         try:
             for product in self.client.iter_products(sku=sku):
                 if product.sku == sku and product.id is not None:
-                    return Hit(product.id, product.attributes_dict.get("billbee_id"))
+                    owner = product.attributes_dict.get("billbee_id")  # set by the products flow
+                    return Hit(product.id, str(owner) if owner not in (None, "") else None)
         except TransientApiError as exc:
             raise Halt(f"PULPO product lookup failed: {exc.reason}") from exc
         return None
