@@ -163,3 +163,17 @@ def test_resolver_unknown_bundle_waits_with_what_to_do():
         "'Produkte' reads them on its next sync")
     lines, _ = resolver({"BOX": Hit(800, None)}, bundles="kit", makes_kits=False, products_name=None)
     assert [x.product_id for x in lines.resolve([line("98", "BOX", 1, bundle=True)])] == [800]
+
+
+def test_a_line_without_sku_goes_by_its_linked_article():
+    fields = {"lines": [{"position": "1", "sku": None, "billbee_product_id": "1", "quantity": 2.0, "weight_g": 300},
+                        {"position": "2", "sku": None, "billbee_product_id": None, "quantity": 1.0, "weight_g": 0}]}
+    selection = om.select_lines(fields)
+    assert [(x.sku, x.quantity, x.billbee_product_id) for x in selection.lines] == [("", 2, "1")]
+    assert selection.skipped == 1 and selection.problem is None        # the weightless fee line is left out
+    lines, asked = resolver({})
+    assert [(x.sku, x.product_id) for x in lines.resolve(selection.lines)] == [("SHIRT-RED", 501)]  # type: ignore[union-attr]
+    assert lines.resolve([line("55", "", 1)]) == "waiting for product Billbee article 55" and asked == []
+    unlinked = {"lines": [{"position": "3", "sku": "", "billbee_product_id": None, "quantity": 1, "weight_g": 250}]}
+    assert om.select_lines(unlinked).problem == ("position 3 has no SKU: the warehouse cannot tell which article "
+                                                 "to pick; give the article a SKU in Billbee")

@@ -107,13 +107,15 @@ def test_lines_import_with_their_articles_product_and_the_products_mapping_stays
     listing = order(shop, [(5, "AMZ-B07-5", 2), (6, sku_for(6), 1)], number="M-1")
     other_sku = order(shop, [(7, sku_for(8), 1)], number="M-2")       # a listing SKU that is another article's
     unlinkable = order(shop, [(NO_SKU, "AMZ-96", 1)], number="M-3")   # the products flow could not link 96
+    no_sku = order(shop, [(9, None, 1)], number="M-4")                 # the marketplace sent no SKU at all
     result = sync_orders(home, shop)
 
     orders = by_external(pulpo_orders(world))
     assert [(pid, qty) for pid, qty, _ in items(orders[listing][0])] == [
         (pulpo.product_id(sku_for(5)), 2), (pulpo.product_id(sku_for(6)), 1)]
     assert [(pid, qty) for pid, qty, _ in items(orders[other_sku][0])] == [(pulpo.product_id(sku_for(7)), 1)]
-    assert unlinkable not in orders and result["created"] == 2 and result["lines_by_article"] == 2
+    assert [(pid, qty) for pid, qty, _ in items(orders[no_sku][0])] == [(pulpo.product_id(sku_for(9)), 1)]
+    assert unlinkable not in orders and result["created"] == 3 and result["lines_by_article"] == 2
     [waiting] = store.quarantine_list(ORDERS_GROUP, kind="order")
     assert (waiting.record_key, waiting.reason) == (
         unlinkable, f"waiting for product AMZ-96 (Billbee article {billbee_product_id(NO_SKU)})")

@@ -12,8 +12,9 @@ The resolution is `mapping/articles.py`, applied by the writer (`defs/sales_orde
 - digital lines (`Product.IsDigital`): nothing to pick, whatever their SKU;
 - lines without SKU that weigh nothing (0 g or unknown): shipping fees, gift wrapping, services;
 - lines with a quantity of 0 or less (positions removed in Billbee).
-A line without SKU that weighs something is a physical article the warehouse cannot identify: the
-order waits in quarantine until the article gets a SKU. A fractional quantity (1.5 m of fabric)
+A line without SKU that weighs something and is linked to no Billbee article is a physical article
+the warehouse cannot identify: the order waits in quarantine until the article gets a SKU (a linked
+one goes by its article's SKU). A fractional quantity (1.5 m of fabric)
 cannot be picked as PULPO units (integers): quarantine too. An order with no line left (a voucher
 or download only) is not sent at all.
 
@@ -188,18 +189,21 @@ def select_lines(fields: Mapping[str, Any], skip_coupon_lines: bool = True) -> L
         if (line.get("is_coupon") and skip_coupon_lines) or line.get("is_digital"):
             skipped += 1
             continue
+        article = line.get("billbee_product_id")
         if not sku:
             if not line.get("weight_g"):
                 skipped += 1
                 continue
-            return LineSelection(problem=f"{_position_label(line)} has no SKU: the warehouse cannot "
-                                 "tell which article to pick; give the article a SKU in Billbee")
+            if not article:  # linked to an article: it goes by the article's SKU (mapping/articles.py)
+                return LineSelection(problem=f"{_position_label(line)} has no SKU: the warehouse cannot "
+                                     "tell which article to pick; give the article a SKU in Billbee")
         if quantity is None or quantity <= 0:
             skipped += 1
             continue
         whole = _whole(quantity)
         if whole is None:
-            return LineSelection(problem=f"quantity {quantity} of SKU {sku} is not a whole number; PULPO "
+            name = f"SKU {sku}" if sku else f"Billbee article {article}"
+            return LineSelection(problem=f"quantity {quantity} of {name} is not a whole number; PULPO "
                                  "counts units")
         lines.append(Line(sku, whole, line.get("position"), line.get("billbee_product_id"), bool(line.get("bundle"))))
     return LineSelection(lines=lines, skipped=skipped)

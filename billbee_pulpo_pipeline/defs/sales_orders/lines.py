@@ -82,7 +82,8 @@ class LineResolver:
             for part in parts:
                 quantity = whole(part.quantity)
                 if quantity is None:
-                    return (f"bundle {line.sku}: {part.quantity:g} × {part.label()} is not a whole number; PULPO "
+                    bundle = line.sku or f"Billbee article {line.billbee_product_id}"
+                    return (f"bundle {bundle}: {part.quantity:g} × {part.label()} is not a whole number; PULPO "
                             "counts units (check the Amount in the bundle's bill of material)")
                 product_id = self._pulpo_id(part)
                 if product_id is None:
