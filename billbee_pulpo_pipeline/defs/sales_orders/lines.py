@@ -76,9 +76,11 @@ class LineResolver:
                 if not (self.kit_mode and self._pulpo_id(whole_line.parts[0])):
                     return self._unknown_bundle(resolution.unknown_bundle)
                 resolution = whole_line
+            if len(resolution.parts) == 1 and resolution.parts[0].bundle and not self._pulpo_id(resolution.parts[0]):
+                resolution = resolve_line(ref, self.catalog.articles)  # no kit in PULPO: ship the parts
+                if resolution.unknown_bundle is not None:
+                    return self._unknown_bundle(resolution.unknown_bundle)
             parts = resolution.parts
-            if len(parts) == 1 and parts[0].bundle and not self._pulpo_id(parts[0]):
-                parts = resolve_line(ref, self.catalog.articles).parts  # no kit in PULPO: ship the parts
             for part in parts:
                 quantity = whole(part.quantity)
                 if quantity is None:
