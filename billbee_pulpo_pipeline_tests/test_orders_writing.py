@@ -42,6 +42,7 @@ PULPO_PRODUCTS = 100       # PULPO knows the catalogue's first 100 products (SKU
 HOURLY = 696               # historic Billbee orders one per hour: the current hour starts empty
 KNOWN = ["SKU-0000001", "SKU-0000002", "SKU-0000003"]
 UNKNOWN = "SKU-0000250"    # sold in Billbee, not (yet) a PULPO product
+UNKNOWN_ARTICLE = 20_000_000_000_001_250  # its Billbee article (catalogue index 250)
 PAID, CANCELLED, ORDERED = 3, 8, 1
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 SECOND_SHOP = 20_000_000_000_000_712  # the sandbox's Amazon account
@@ -272,7 +273,8 @@ def test_order_waits_for_its_product_and_goes_through_without_help(sandbox, bpp_
     assert first["quarantined"] == 2 and first["created"] == 0 and pulpo_orders(sandbox) == []
     assert first["check_passed"] is True                               # quarantined with a reason counts
     reasons = {q.record_key: q.reason for q in StateStore(home).quarantine_list(GROUP, kind="order")}
-    assert reasons == {waiting: f"waiting for product {UNKNOWN}",
+    # The products flow has not read the article yet: the SKU is looked up, the article named for the merchant.
+    assert reasons == {waiting: f"waiting for product {UNKNOWN} (Billbee article {UNKNOWN_ARTICLE})",
                        fractional: f"quantity 1.5 of SKU {KNOWN[0]} is not a whole number; PULPO counts units"}
 
     product = pulpo_client(home, sandbox).create_product({"sku": UNKNOWN, "name": "Neu eingetroffen"})

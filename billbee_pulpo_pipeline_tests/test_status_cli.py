@@ -25,6 +25,7 @@ from billbee_pulpo_pipeline_tests.test_orders_writing import (
     GROUP,
     KNOWN,
     UNKNOWN,
+    UNKNOWN_ARTICLE,
     Shop,
     fresh_world,
     hour_key,
@@ -107,8 +108,8 @@ def test_status_after_syncs_shows_last_success_pending_quarantine_and_attention(
     assert abs(orders["lag_seconds"] - (datetime.now(UTC) - oldest).total_seconds()) < 120
     reasons = {group["reason"]: group for group in orders["quarantine_reasons"]}
     assert orders["quarantined"] == 2
-    assert reasons["waiting for product …"]["examples"] == [
-        {"key": waiting, "reason": f"waiting for product {UNKNOWN}"}]
+    assert reasons["waiting for product … (Billbee article …)"]["examples"] == [
+        {"key": waiting, "reason": f"waiting for product {UNKNOWN} (Billbee article {UNKNOWN_ARTICLE})"}]
     assert reasons["quantity … of SKU … is not a whole number; PULPO counts units"]["examples"] == [
         {"key": fractional, "reason": f"quantity 1.5 of SKU {KNOWN[2]} is not a whole number; PULPO counts units"}]
     assert orders["attention"] == 1
@@ -125,7 +126,7 @@ def test_status_after_syncs_shows_last_success_pending_quarantine_and_attention(
     assert text.returncode == 1
     assert "Verkaufsaufträge (sales_orders, every 10 min) LATE" in text.stdout
     assert "  pending: 1 (Billbee orders stored, not yet handled for PULPO)" in text.stdout
-    assert f"1 x waiting for product … (e.g. {waiting})" in text.stdout
+    assert f"1 x waiting for product … (Billbee article …) (e.g. {waiting})" in text.stdout
     assert f"order:cancel:{shipped}: " in text.stdout and "can not be cancelled" in text.stdout
     assert "Billbee API calls this month:" in text.stdout and "100,000 free calls" in text.stdout
     sync(home, shop)

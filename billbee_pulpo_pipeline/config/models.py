@@ -331,6 +331,12 @@ class SalesOrdersSettings(_Model):
     skip_coupon_lines: bool = Field(
         True, description="Leave out Billbee coupon/voucher lines, which are not physical goods."
     )
+    bundles: Literal["components", "kit"] = Field(
+        "components",
+        description="Billbee bundle lines (BOM articles): 'components' sends their parts (quantity x Amount), "
+        "so PULPO reserves and picks real goods; 'kit' sends the bundle's PULPO kit product, where one exists "
+        "(made by the products integration with bundles: kit, or by hand), else the parts.",
+    )
     lookback_hours: Whole = Field(
         24,
         ge=1,

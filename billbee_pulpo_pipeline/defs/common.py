@@ -32,6 +32,9 @@ class Flow:
     integration: Integration
     source: Credential
     target: Credential
+    # The products integration of the same Billbee account and PULPO user (None without one): its
+    # snapshot and mapping tell every flow of the pair which article an order line stands for.
+    catalog: Integration | None = None
 
     @property
     def slug(self) -> str:
@@ -72,7 +75,12 @@ def mapping_kind(kind: str, flow: Flow) -> str:
 
 
 def flow_for(integration: Integration, config: IntegrationConfig) -> Flow:
-    return Flow(integration, config.credential(integration.source), config.credential(integration.target))
+    source, target = config.credential(integration.source), config.credential(integration.target)
+    billbee, pulpo = (source, target) if source.type == "billbee" else (target, source)
+    pair = (billbee.name, pulpo.name)
+    catalog = next((i for i in config.integrations_of_type("products")
+                    if (config.credential(i.source).name, config.credential(i.target).name) == pair), None)
+    return Flow(integration, source, target, catalog)
 
 
 def interval_cron(minutes: int) -> str:

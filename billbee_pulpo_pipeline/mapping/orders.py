@@ -5,13 +5,16 @@ Linkage: `external_order_num` = str(BillBeeOrderId), which never changes; `order
 `OrderNumber` (what the warehouse sees on its screens), or the Billbee id when the marketplace gave
 no number. PULPO keeps `order_num` unique, which is what makes a retried create safe.
 
-Lines: by SKU to the PULPO `product_id`. Left out:
+Lines: each to the PULPO `product_id` of the Billbee article it is linked to (`Product.BillbeeId`),
+by SKU only when it has no linked article; bundle lines ship as their components (setting `bundles`).
+The resolution is `mapping/articles.py`, applied by the writer (`defs/sales_orders/lines.py`). Left out:
 - coupon lines (`IsCoupon`, with `skip_coupon_lines`, the default): vouchers are money, not goods;
 - digital lines (`Product.IsDigital`): nothing to pick, whatever their SKU;
 - lines without SKU that weigh nothing (0 g or unknown): shipping fees, gift wrapping, services;
 - lines with a quantity of 0 or less (positions removed in Billbee).
-A line without SKU that weighs something is a physical article the warehouse cannot identify: the
-order waits in quarantine until the article gets a SKU. A fractional quantity (1.5 m of fabric)
+A line without SKU that weighs something and is linked to no Billbee article is a physical article
+the warehouse cannot identify: the order waits in quarantine until the article gets a SKU (a linked
+one goes by its article's SKU). A fractional quantity (1.5 m of fabric)
 cannot be picked as PULPO units (integers): quarantine too. An order with no line left (a voucher
 or download only) is not sent at all.
 
@@ -41,6 +44,7 @@ from typing import Any, Protocol
 
 from billbee_pulpo_pipeline.clients.billbee.models import Order, parse_billbee_datetime
 
+BUNDLE_TYPE = 2  # Billbee `Product.Type` of a bill-of-materials article on an order position
 ADDRESS_KEYS = ("FirstName", "LastName", "Company", "NameAddition", "Street", "HouseNumber", "Line2", "Zip",
                 "City", "State", "CountryISO2", "Email", "Phone")
 
@@ -83,6 +87,8 @@ def _lines(order: Order | Mapping[str, Any]) -> list[dict[str, Any]]:
             "is_coupon": bool(_get(item, "IsCoupon")),
             "is_digital": bool(_get(product, "IsDigital")),
             "weight_g": _get(product, "Weight"),
+            # Only on bundle lines, so the content hash of every other stored order stays as it was.
+            **({"bundle": True} if _get(product, "Type") == BUNDLE_TYPE else {}),
         })
     return lines
 
@@ -139,12 +145,15 @@ def fields_from_payload(payload: str | Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Line:
-    """One line PULPO gets: the SKU (resolved to a product id later), a whole quantity, the position."""
+    """One line PULPO gets: the SKU (resolved to a product id later), a whole quantity, the position
+    (PULPO's `line_order_id`). `product_id` is set once the line is resolved to its PULPO product."""
 
     sku: str
     quantity: int
     position: str | None
     billbee_product_id: str | None
+    bundle: bool = False
+    product_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,20 +189,23 @@ def select_lines(fields: Mapping[str, Any], skip_coupon_lines: bool = True) -> L
         if (line.get("is_coupon") and skip_coupon_lines) or line.get("is_digital"):
             skipped += 1
             continue
+        article = line.get("billbee_product_id")
         if not sku:
             if not line.get("weight_g"):
                 skipped += 1
                 continue
-            return LineSelection(problem=f"{_position_label(line)} has no SKU: the warehouse cannot "
-                                 "tell which article to pick; give the article a SKU in Billbee")
+            if not article:  # linked to an article: it goes by the article's SKU (mapping/articles.py)
+                return LineSelection(problem=f"{_position_label(line)} has no SKU: the warehouse cannot "
+                                     "tell which article to pick; give the article a SKU in Billbee")
         if quantity is None or quantity <= 0:
             skipped += 1
             continue
         whole = _whole(quantity)
         if whole is None:
-            return LineSelection(problem=f"quantity {quantity} of SKU {sku} is not a whole number; PULPO "
+            name = f"SKU {sku}" if sku else f"Billbee article {article}"
+            return LineSelection(problem=f"quantity {quantity} of {name} is not a whole number; PULPO "
                                  "counts units")
-        lines.append(Line(sku, whole, line.get("position"), line.get("billbee_product_id")))
+        lines.append(Line(sku, whole, line.get("position"), line.get("billbee_product_id"), bool(line.get("bundle"))))
     return LineSelection(lines=lines, skipped=skipped)
 
 
@@ -293,13 +305,14 @@ def sales_order_payload(
     shipping_method: int | None = None,
     third_party_id: int | None = None,
 ) -> dict[str, Any]:
-    """PULPO `SalesOrderBodyRequest` (all lines' SKUs must be in `product_ids`)."""
+    """PULPO `SalesOrderBodyRequest` (lines without a resolved `product_id` must have their SKU in `product_ids`)."""
     payload: dict[str, Any] = {
         "order_num": order_num(fields),
         "external_order_num": str(fields["billbee_order_id"]),
         "warehouse_id": warehouse_id,
         "ship_to": ship_to(fields),
-        "items": [{"product_id": product_ids[line.sku], "quantity": line.quantity,
+        "items": [{"product_id": line.product_id if line.product_id is not None else product_ids[line.sku],
+                   "quantity": line.quantity,
                    **({"line_order_id": line.position} if line.position else {})} for line in lines],
         "attributes": json.dumps({"billbee_order_id": str(fields["billbee_order_id"]),
                                   "billbee_shop": fields.get("shop")}, ensure_ascii=False, sort_keys=True),

@@ -18,8 +18,8 @@ Field mapping (Billbee `ArticleApiModel` → PULPO `Product`):
 - `active` = not `IsDeactivated`.
 
 Bundles (Billbee `Type` 2 with a `BillOfMaterial`) become a PULPO product *and* a PULPO kit of their
-components (`bundles: kit`, the default), because PULPO only knows how to pick a bundle when it is a
-kit; `bundles: skip` leaves them out. Kit quantities are whole numbers in PULPO, so a bill of material
+components (`bundles: kit`, the default), for tenants that assemble kits (sales orders with `bundles:
+kit` name the kit; by default they ship a bundle as its components); `bundles: skip` leaves them out. Kit quantities are whole numbers in PULPO, so a bill of material
 with a fractional amount is refused here with a reason.
 """
 

@@ -14,8 +14,10 @@ What Billbee shows per SKU after a sync (the *target*) is what can still be sold
   that was cancelled. Billbee took those units when the order came in (Bestellt), PULPO does not
   know them, so an absolute write without them would sell them a second time. An order that *is* in
   PULPO is inside Q already (PULPO reserves it, or has shipped it), so it is not subtracted twice.
-  A bundle line counts for its components (amount × quantity); coupon lines, lines Billbee keeps
-  out of stock (`DontAdjustStock`) and non-positive quantities count nothing.
+  A line counts against the SKU of the Billbee article it is linked to (`Product.BillbeeId`), not
+  the marketplace SKU on the line, the same resolution the sales-orders flow uses
+  (`mapping/articles.py`); a bundle line counts for its components (amount × quantity); coupon
+  lines, lines Billbee keeps out of stock (`DontAdjustStock`) and non-positive quantities count nothing.
   With `autosubtract_reserved: true`, O = 0: Billbee subtracts its own unfulfilled amount from the
   value written (`AutosubtractReservedAmount`), which is meant for `quantity: total`.
 - **B**: `safety_buffer`, units held back per article.
@@ -30,6 +32,8 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from billbee_pulpo_pipeline.mapping.articles import Article, LineRef, resolve_line
 
 BUNDLE_TYPE = 2           # Billbee `Type` of a bill-of-materials article
 MAX_BUNDLE_DEPTH = 3      # bundles of bundles are resolved this deep
@@ -155,12 +159,17 @@ class OpenUnits:
 
 
 def open_units(orders: Iterable[OpenOrder], reserving_states: Collection[int], in_pulpo: Collection[str],
-               components: Mapping[str, Sequence[tuple[str, float]]]) -> OpenUnits:
+               components: Mapping[str, Sequence[tuple[str, float]]],
+               articles: Mapping[str, Article] | None = None) -> OpenUnits:
     """O per SKU: the lines of orders in `reserving_states` whose id is not in `in_pulpo`.
 
-    `components` maps a bundle SKU to its (component SKU, amount) pairs; a line is a bundle when
+    A line counts for the article Billbee linked it to (`articles`, by Billbee id, see
+    `mapping/articles.py`): a marketplace SKU on the line counts against the article's SKU, a bundle
+    article for its components. Lines whose article is not in `articles` count by their SKU, where
+    `components` maps a bundle SKU to its (component SKU, amount) pairs; such a line is a bundle when
     Billbee marks it (Type 2) or its SKU has components. A bundle whose parts are unknown counts in
     `unresolved` and subtracts nothing (it cannot be placed on any article)."""
+    articles = articles or {}
     result = OpenUnits()
     for order in orders:
         if order.state not in reserving_states:
@@ -170,10 +179,18 @@ def open_units(orders: Iterable[OpenOrder], reserving_states: Collection[int], i
             continue
         result.orders += 1
         for line in order.lines:
-            if line.sku is None:
-                result.lines_without_sku += 1
+            article_id = str(line.billbee_id) if line.billbee_id is not None else None
+            if article_id not in articles:  # by the line's SKU, as Billbee sold it
+                if line.sku is None:
+                    result.lines_without_sku += 1
+                    continue
+                _add_line(result, line.sku, line.quantity, line.bundle, components, 0)
                 continue
-            _add_line(result, line.sku, line.quantity, line.bundle, components, 0)
+            for part in resolve_line(LineRef(article_id, line.sku, line.quantity, line.bundle), articles).parts:
+                if part.sku is None:
+                    result.lines_without_sku += 1
+                else:  # a component known only by its BOM SKU may itself be a bundle known by SKU
+                    _add_line(result, part.sku, part.quantity, part.bundle, components, len(part.path))
     return result
 
 

@@ -40,6 +40,7 @@ from billbee_pulpo_pipeline.clients.billbee.states import ORDER_STATES
 from billbee_pulpo_pipeline.clients.http import NotFoundError, RequestRejectedError, TransientApiError
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient, SalesOrder
 from billbee_pulpo_pipeline.config.models import SalesOrdersSettings
+from billbee_pulpo_pipeline.defs.articles import ArticleCatalog
 from billbee_pulpo_pipeline.defs.common import (
     Flow,
     canonical_json,
@@ -50,6 +51,7 @@ from billbee_pulpo_pipeline.defs.common import (
     write_metadata,
 )
 from billbee_pulpo_pipeline.defs.crash import crash_point
+from billbee_pulpo_pipeline.defs.sales_orders.lines import Hit, LineResolver
 from billbee_pulpo_pipeline.mapping import orders as om
 from billbee_pulpo_pipeline.state import IdMapping, LedgerEntry, LedgerFinish, StateStore
 
@@ -60,7 +62,6 @@ CHECK = "importable_orders_accounted_for"
 QUARANTINE_KIND = "order"
 CHUNK = 10_000      # orders taken from the store at a time (bounded memory at any backlog)
 BULK_SIZE = 100     # sales orders per POST /sales/bulk/orders
-WAITING = "waiting for product"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,12 +147,13 @@ class OrderWriter:
         self.report = Report()
         self.integration = flow.slug
         self.order_kind = mapping_kind("order", flow)
-        self.product_kind = mapping_kind("product", flow)
         self.customer_kind = mapping_kind("customer", flow)
         self.import_ids = set(self.settings.import_state_ids)
         self.cancel_ids = set(self.settings.cancel_state_ids)
         self.warehouse_id = int(flow.target.warehouse_id)  # type: ignore[attr-defined]
-        self._sku_cache: dict[str, int | None] = {}   # PULPO lookups of this run (None: not found)
+        # Lines → PULPO products by Billbee article (the products flow's data), never written back.
+        self.lines = LineResolver(ArticleCatalog(flow, store), self._lookup_product, self.settings.bundles,
+                                  self.report.counts)
         self._customers: dict[str, int | None] = {}
         self._tenant_id: int | None = None
         self._halted: str | None = None
@@ -160,7 +162,6 @@ class OrderWriter:
 
     def _reset_buffers(self) -> None:
         self.order_maps: list[tuple[str, str, dict[str, Any]]] = []
-        self.product_maps: list[tuple[str, str, dict[str, Any]]] = []
         self.customer_maps: list[tuple[str, str, dict[str, Any]]] = []
         self.processed: list[tuple[str, str, str]] = []
         self.quarantined: dict[str, tuple[str, Any]] = {}
@@ -286,18 +287,19 @@ class OrderWriter:
             else:
                 job.lines = selection.lines
                 ready.append(job)
-        products = self._products({line.sku: line.billbee_product_id for j in ready for line in j.lines})
+        self.lines.prepare(line for j in ready for line in j.lines)
         if self.settings.customer == "per_customer":
             ids = {str(c["id"]) for j in ready if (c := j.fields.get("customer")) and c.get("id")}
             known = self.store.get_mappings(self.customer_kind, ids - set(self._customers))
             self._customers.update({k: int(m.pulpo_id) for k, m in known.items()})
         for job in ready:
-            missing = sorted({line.sku for line in job.lines if products.get(line.sku) is None})
-            if missing:
-                self._quarantine(job, f"{WAITING} {', '.join(missing)}")
+            resolved = self.lines.resolve(job.lines)
+            if isinstance(resolved, str):
+                self._quarantine(job, resolved)
                 continue
+            job.lines = resolved
             job.set_payload(om.sales_order_payload(
-                job.fields, job.lines, products, warehouse_id=self.warehouse_id,
+                job.fields, job.lines, {}, warehouse_id=self.warehouse_id,
                 shipping_method=om.shipping_method_id(job.fields, self.settings.shipping_method_map),
                 third_party_id=self._customer_for(job)))
             if job.action == "update" and job.mapped_extra.get("payload_hash") == job.payload_hash:
@@ -306,25 +308,13 @@ class OrderWriter:
 
     # ---- products and customers ---------------------------------------------------------------------
 
-    def _products(self, wanted: Mapping[str, str | None]) -> dict[str, int | None]:
-        """SKU -> PULPO product id: the product mapping, else one PULPO lookup per SKU and run."""
-        mapped = self.store.mappings_by_extra(self.product_kind, "sku", wanted)
-        found: dict[str, int | None] = {sku: int(m.pulpo_id) for sku, m in mapped.items() if m.pulpo_id.isdigit()}
-        for sku, billbee_id in wanted.items():
-            if sku in found:
-                continue
-            if sku not in self._sku_cache:
-                self._sku_cache[sku] = self._lookup_product(sku)
-                if self._sku_cache[sku] is not None and billbee_id and not self.dry_run:
-                    self.product_maps.append((billbee_id, str(self._sku_cache[sku]), {"sku": sku}))
-            found[sku] = self._sku_cache[sku]
-        return found
-
-    def _lookup_product(self, sku: str) -> int | None:
+    def _lookup_product(self, sku: str) -> Hit | None:
+        """PULPO's product with this SKU (called once per SKU and run by `self.lines`)."""
         try:
             for product in self.client.iter_products(sku=sku):
                 if product.sku == sku and product.id is not None:
-                    return product.id
+                    owner = product.attributes_dict.get("billbee_id")  # set by the products flow
+                    return Hit(product.id, str(owner) if owner not in (None, "") else None)
         except TransientApiError as exc:
             raise Halt(f"PULPO product lookup failed: {exc.reason}") from exc
         return None
@@ -604,8 +594,7 @@ class OrderWriter:
         """Record the chunk's outcomes: mappings first, then 'processed' (so a crash in between only
         repeats the evaluation, never a write), then the quarantine."""
         if not self.dry_run:
-            for kind, rows in ((self.product_kind, self.product_maps), (self.customer_kind, self.customer_maps),
-                               (self.order_kind, self.order_maps)):
+            for kind, rows in ((self.customer_kind, self.customer_maps), (self.order_kind, self.order_maps)):
                 if rows:
                     self.store.put_mappings(kind, rows)
             if self.processed:

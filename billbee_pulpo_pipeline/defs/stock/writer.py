@@ -40,6 +40,7 @@ from billbee_pulpo_pipeline.clients.billbee import BillbeeClient, StockRowResult
 from billbee_pulpo_pipeline.clients.billbee.states import state_name
 from billbee_pulpo_pipeline.clients.http import ApiError, TransientApiError
 from billbee_pulpo_pipeline.config.models import StockSettings
+from billbee_pulpo_pipeline.defs.articles import ArticleCatalog
 from billbee_pulpo_pipeline.defs.common import Flow, canonical_json, count_metadata, preview_table
 from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.stock.billbee_stock import BillbeeStock, Bundles, read_billbee_stock
@@ -106,6 +107,7 @@ class StockWriter:
         self.acknowledged = flow.dataset(ACKNOWLEDGED)
         self.integration = flow.slug
         self.bundles = Bundles(flow, store)
+        self.catalog = ArticleCatalog(flow, store)  # lines count for their Billbee article (mapping/articles.py)
         self.open_orders = OpenOrders(flow, client, store, reserving_states=settings.reserving_state_ids,
                                       lookback_days=settings.open_orders_lookback_days, log=self.log)
         self.started_at = datetime.now(UTC)
@@ -165,7 +167,8 @@ class StockWriter:
         orders = self.open_orders.orders()
         in_pulpo = self.open_orders.in_pulpo([o.order_id for o in orders])
         states = set(self.settings.reserving_state_ids)
-        units = open_units(orders, states, in_pulpo, components)
+        articles = self.catalog.load(line.billbee_id for o in orders for line in o.lines)
+        units = open_units(orders, states, in_pulpo, components, articles)
         if units.unresolved:
             ids = sorted({line.billbee_id for o in orders for line in o.lines
                           if line.sku in units.unresolved and line.billbee_id is not None})
@@ -173,7 +176,7 @@ class StockWriter:
             if found:
                 components.update(found)
                 self.bundle_skus |= set(found)
-                units = open_units(orders, states, in_pulpo, components)
+                units = open_units(orders, states, in_pulpo, components, articles)
         return units
 
     # ---- the targets ---------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ Control routes besides the common ones (see `common.py`):
     GET  /__sandbox/summary                      counts: products, orders, overlay, shipments, start time
     POST /__sandbox/orders/{id}/touch            bump an order's LastModifiedAt (as an edit in the UI would)
     PUT  /__sandbox/orders/{id}/packagetype      {"assigned": true} lets DHL Express labels succeed for it
-    POST /__sandbox/reset                        {seed, products, orders}: rebuild the world
+    POST /__sandbox/reset                        {seed, products, orders, marketplace_skus}: rebuild the world
+                                                 (marketplace_skus: the first line of Amazon orders is sold
+                                                 under a seller SKU, AMZ-<article SKU>; off by default)
 
 Decisions where the spec and notes are silent (each a guess at the live service, kept in one place):
 
@@ -377,6 +379,7 @@ class BillbeeSandbox(SandboxApp):
             seed=self.seed,
             products=int(params.get("products", self.world.n_products)),
             orders=int(params.get("orders", self.world.n_orders)),
+            marketplace_skus=bool(params.get("marketplace_skus", False)),
         )
         return self.world.summary()
 

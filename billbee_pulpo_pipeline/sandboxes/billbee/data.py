@@ -59,6 +59,7 @@ RECENT_CAP = 2000  # at most this many newest orders use the "recent" (mostly op
 SHIPPED_STATES = frozenset({4, 5, 7, 9})
 RESERVING_STATES = frozenset(DEFAULT_RESERVING_STATES)
 DEFAULT_STOCK_ID = 1
+MARKETPLACE_SKU_PREFIX = "AMZ-"  # seller SKU of a marketplace listing (knob `marketplace_skus`)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -439,11 +440,16 @@ class World:
     serialises all access."""
 
     def __init__(
-        self, *, seed: int = 1, products: int = 1000, orders: int = 2000, start_ms: int | None = None
+        self, *, seed: int = 1, products: int = 1000, orders: int = 2000, start_ms: int | None = None,
+        marketplace_skus: bool = False,
     ) -> None:
         if products < 0 or orders < 0:
             raise ValueError("products and orders must be >= 0")
         self.seed = seed
+        # Knob (reset param, off by default): the first line of every Amazon order carries the listing's
+        # seller SKU (MARKETPLACE_SKU_PREFIX + the article's SKU) instead of the article's, as Billbee shows
+        # positions of marketplace listings linked to an article with another SKU (Product.BillbeeId).
+        self.marketplace_skus = marketplace_skus
         self.n_products = products
         self.n_orders = orders
         self.start_ms = start_ms if start_ms is not None else now_ms()
@@ -761,8 +767,10 @@ class World:
     ) -> dict[str, Any]:
         core = self.product_core(idx)
         price = core.price
-        title = self.item_title(core, title_source, marketplace=shop.platform == "Amazon" and j == 0)
+        listing = shop.platform == "Amazon" and j == 0
+        title = self.item_title(core, title_source, marketplace=listing)
         total = round(price * qty, 2)
+        sold_as = f"{MARKETPLACE_SKU_PREFIX}{core.sku}" if listing and self.marketplace_skus and core.sku else core.sku
         return {
             "BillbeeId": item_id,
             "TransactionId": None,
@@ -771,8 +779,8 @@ class World:
                 "Id": f"{shop.platform[:3].upper()}-{idx}",
                 "Title": title,
                 "Weight": core.weight_g,
-                "SKU": core.sku,
-                "SkuOrId": core.sku or f"{shop.platform[:3].upper()}-{idx}",
+                "SKU": sold_as,
+                "SkuOrId": sold_as or f"{shop.platform[:3].upper()}-{idx}",
                 "IsDigital": False,
                 "Images": [],
                 "EAN": core.ean,
@@ -1358,6 +1366,7 @@ class World:
             "overlay_orders": len(self.overlay),
             "created_shipments": len(self.shipments),
             "start": iso(self.start_ms),
+            "marketplace_skus": self.marketplace_skus,
             "first_order_id": ORDER_ID_BASE,
             "first_product_id": PRODUCT_ID_OFFSET,
             "product_id_base": BILLBEE_ID_BASE,
