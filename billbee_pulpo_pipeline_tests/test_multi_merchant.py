@@ -9,6 +9,9 @@ would link merchant 1's records.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +28,7 @@ from billbee_pulpo_pipeline.mapping.orders import customer_payload
 from billbee_pulpo_pipeline.sandboxes import credentials
 from billbee_pulpo_pipeline.sandboxes.catalog import sku_for
 from billbee_pulpo_pipeline.state import StateStore
-from billbee_pulpo_pipeline_tests.conftest import EXAMPLE_CONFIG, SANDBOX_ORDERS, SANDBOX_PRODUCTS
+from billbee_pulpo_pipeline_tests.conftest import EXAMPLE_CONFIG, PROJECT_ROOT, SANDBOX_ORDERS, SANDBOX_PRODUCTS
 
 PRODUCTS = 60                  # Billbee catalogue; index 49 is a bundle of 47 and 48
 HOURLY = 696                   # historic Billbee orders one per hour: the current hour starts empty
@@ -33,7 +36,7 @@ SHARED = [sku_for(i) for i in (1, 2, 48)]  # SKUs merchant 1 has in PULPO too (4
 OURS, OTHER = 2, 1
 CUSTOMER_ID = "70000000000900000"  # the Billbee sandbox's customer of created orders
 PRODUCT_KIND = "product:billbee_shop:pulpo_wms"
-PRODUCTS_GROUP, ORDERS_GROUP = "produkte", "verkaufsauftraege"
+ORDERS_GROUP = "verkaufsauftraege"
 
 
 @pytest.fixture
@@ -111,8 +114,13 @@ def test_two_merchants_share_skus_and_each_flow_links_only_its_own(tenant, bpp_e
     home = Path(bpp_env["BPP_HOME"])
     tenant.reset_stats("pulpo")
 
-    products = materialize(config, home, PRODUCTS_GROUP)
-    assert products.success
+    # The products flow through `billbee-pulpo sync` (the CLI builds the PULPO client from the credential).
+    done = subprocess.run([sys.executable, "-m", "billbee_pulpo_pipeline.cli", "sync", "Produkte", "--json"],
+                          env={**bpp_env, "BPP_CONFIG": str(config)}, cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [summary] = json.loads(done.stdout)["integrations"]
+    assert summary["status"] == "success" and summary["quarantined"] == 0
     rows = simulator_list(tenant, "/inventory/products", "products")
     ours = {p["sku"]: p for p in rows if p["merchant_id"] == OURS}
     theirs = [p for p in rows if p["merchant_id"] == OTHER]

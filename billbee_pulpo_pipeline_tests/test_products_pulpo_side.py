@@ -14,6 +14,10 @@ from typing import Any
 import dagster as dg
 import pytest
 import requests
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.config import load_config
@@ -21,6 +25,7 @@ from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resourc
 from billbee_pulpo_pipeline.mapping.products import fingerprint_without_barcodes, holds_payload, merged_barcodes
 from billbee_pulpo_pipeline.sandboxes import credentials
 from billbee_pulpo_pipeline.sandboxes.catalog import billbee_product_id, catalog_item, ean13, sku_for
+from billbee_pulpo_pipeline.sandboxes.runner import serve_in_thread
 from billbee_pulpo_pipeline.state import StateStore
 from billbee_pulpo_pipeline_tests.conftest import EXAMPLE_CONFIG, SANDBOX_ORDERS, SANDBOX_PRODUCTS
 
@@ -153,3 +158,34 @@ def test_a_product_deleted_during_the_scan_deactivates_only_itself(world, bpp_en
     pages = [r for r in world.requests("billbee") if r["endpoint"] == "GET /api/v1/products" and not r["simulator"]]
     assert len(pages) == 2 + 3  # the shifted pass stopped at page 2, the second pass read all three
     assert world.control("GET", "billbee", "summary")["deleted_products"] == 1
+
+
+def test_barcode_read_copes_with_a_pulpo_that_ignores_the_id_list(tmp_path):
+    """`products_by_id` sends `id[]=..`; a PULPO that ignores it answers with the whole catalogue. The
+    client notices the first product it did not ask for and reads the wanted ones one by one instead of
+    paging through every product."""
+    catalogue = [{"id": i, "sku": f"S-{i}", "barcodes": [f"B-{i}"]} for i in range(1, 251)]
+    calls: list[str] = []
+
+    async def auth(_: Request) -> Response:
+        return JSONResponse({"access_token": "t", "expires_in": 3600, "token_type": "bearer"})
+
+    async def products(request: Request) -> Response:
+        calls.append("list")
+        offset, limit = int(request.query_params.get("offset", 0)), int(request.query_params.get("limit", 10))
+        return JSONResponse({"products": catalogue[offset:offset + limit], "total_results": len(catalogue)})
+
+    async def product(request: Request) -> Response:
+        calls.append("one")
+        return JSONResponse(catalogue[int(request.path_params["id"]) - 1])
+
+    url, stop = serve_in_thread(Starlette(routes=[
+        Route("/api/v1/auth", auth, methods=["POST"]), Route("/api/v1/inventory/products", products),
+        Route("/api/v1/inventory/products/{id:int}", product)]))
+    try:
+        client = PulpoClient(url + "/api/v1", "u", "p", token_dir=tmp_path / "tokens")
+        found = client.products_by_id([120, 7])
+    finally:
+        stop.set()
+    assert {pid: p.barcodes for pid, p in found.items()} == {7: ["B-7"], 120: ["B-120"]}
+    assert calls == ["list", "one", "one"]
