@@ -28,7 +28,9 @@ from billbee_pulpo_pipeline.mapping.orders import customer_payload
 from billbee_pulpo_pipeline.sandboxes import credentials
 from billbee_pulpo_pipeline.sandboxes.catalog import sku_for
 from billbee_pulpo_pipeline.state import StateStore
+from billbee_pulpo_pipeline_tests import spec_support as spec
 from billbee_pulpo_pipeline_tests.conftest import EXAMPLE_CONFIG, PROJECT_ROOT, SANDBOX_ORDERS, SANDBOX_PRODUCTS
+from billbee_pulpo_pipeline_tests.test_contract_requests import spec_violations
 
 PRODUCTS = 60                  # Billbee catalogue; index 49 is a bundle of 47 and 48
 HOURLY = 696                   # historic Billbee orders one per hour: the current hour starts empty
@@ -137,9 +139,8 @@ def test_two_merchants_share_skus_and_each_flow_links_only_its_own(tenant, bpp_e
     assert kit["product_id"] == ours[sku_for(49)]["id"]
     assert sorted(i["product_id"] for i in kit["items"]) == sorted(ours[sku_for(i)]["id"] for i in (47, 48))
 
-    # The order flow in a home without the products flow's mapping resolves SKUs by lookup, against a
-    # PULPO that lists every merchant's products whatever filter it is sent (the knob).
-    tenant.control("PUT", "pulpo", "behaviour", {"product_list_merchant_filter": "ignored"})
+    # The order flow in a home without the products flow's mapping resolves SKUs by lookup, and PULPO
+    # answers `?sku=` with merchant 1's product first.
     while datetime.now(UTC).minute == 59 and datetime.now(UTC).second >= 30:
         time.sleep(1)  # the order and the sync share the current hour
     order_id = paid_order(tenant, [(SHARED[0], 1), (SHARED[1], 2), (sku_for(5), 1)], "MM-1")
@@ -180,3 +181,38 @@ def test_without_merchant_id_nothing_is_sent_and_lookups_see_the_whole_tenant(te
     assert "merchant_id" not in request["body"]
     listed = [r for r in tenant.requests("pulpo") if r["method"] == "GET" and "/inventory/products" in r["path"]]
     assert listed and all("merchant_id" not in dict(r["query"]) for r in listed)
+
+
+def test_merchant_scoped_requests_follow_the_spec(tenant, tmp_path):
+    """What a client with `merchant_id` sends stays within PULPO's spec: `merchant_id` only in bodies whose
+    schema has it (Product, SalesOrderBodyRequest, ThirdParty) and as a query filter only where declared."""
+    spec.load_spec("pulpo")
+    other_merchant_data(tenant, tmp_path)
+    tenant.reset_stats("pulpo")
+    ours = client(tenant, tmp_path, OURS)
+    created = ours.create_product({"sku": SHARED[0], "name": "Tasse", "barcodes": ["4006381333931"]})
+    ours.bulk_create_products([{"sku": "MM-2", "name": "Zwei"}])
+    assert [p.id for p in ours.iter_products(sku=SHARED[0])] == [created.id]
+    assert list(ours.products_by_id([created.id])) == [created.id]
+    party = ours.create_third_party(customer_payload({"id": "4711", "name": "Kunde"}, 1))
+    assert ours.find_third_party("4711") == party
+    ship_to = {"name": "Jürgen Groß", "address": {"street": "Hauptstraße", "house_nr": "5", "zip": "10115",
+                                                  "city": "Berlin", "country_alpha2": "DE"}}
+    order = ours.create_sales_order({"order_num": "MM-ORDER-1", "external_order_num": "30000000000000042",
+                                     "ship_to": ship_to, "third_party_id": party.id,
+                                     "items": [{"product_id": created.id, "quantity": 2}]})
+    ours.bulk_create_sales_orders([{"order_num": "MM-ORDER-2", "ship_to": ship_to,
+                                    "items": [{"product_id": created.id, "quantity": 1}]}])
+    ours.update_sales_order(order.id, {"notes": "Bitte klingeln"})
+    assert ours.find_sales_order_by_order_num("MM-ORDER-1").id == order.id
+    ours.update_product(created.id, {"name": "Tasse blau"})
+    ours.bulk_update_products([{"id": created.id, "active": False}])
+
+    logged = [r for r in tenant.requests("pulpo") if not r["simulator"]]
+    violations = spec_violations("pulpo", logged)
+    assert violations == [], "\n".join(violations)
+    bodies = [row for r in logged if r["method"] in ("POST", "PUT") and not r["path"].endswith("/auth")
+              for row in (r["body"] if isinstance(r["body"], list) else [r["body"]])]
+    assert len(bodies) == 8 and all(row["merchant_id"] == OURS for row in bodies)
+    [lookup] = [r for r in logged if r["method"] == "GET" and r["path"].endswith("/iam/third_parties")]
+    assert ("merchant_id", str(OURS)) in [tuple(q) for q in lookup["query"]]

@@ -10,12 +10,11 @@ Authentication is the OAuth2 password grant; the token is shared across processe
 
 Merchants (3PL tenants): a client made with `merchant_id` sends it on every product, third party and
 sales order it creates or updates (unless the body names one), and its product and third-party
-lookups return only that merchant's records: `merchant_id` goes along as a filter (declared on
-`GET /iam/third_parties`; on `GET /inventory/products` by PULPO's `field=value` list convention, as
-the sibling `/inventory/products/open` declares it) and each returned record's own `merchant_id` is
-checked as well, so a server that ignores the filter still never hands out another merchant's
-product. Kits carry no `merchant_id` in the spec: a kit belongs to its product, which is the
-merchant's. Order lookups by `order_num` see every merchant (a number another merchant uses is a
+lookups return only that merchant's records: each returned record's own `merchant_id` is checked, and
+`GET /iam/third_parties` also gets the filter its spec declares. `GET /inventory/products` declares
+none, so none is sent (the spec's parameters only); a `?sku=` lookup then sees one row per merchant
+with that SKU and keeps ours. Kits carry no `merchant_id` in the spec: a kit belongs to its product,
+which is the merchant's. Order lookups by `order_num` see every merchant (a number another merchant uses is a
 collision to handle, not a record to adopt) but prefer the client's merchant's order.
 
 Errors: every `ApiError` raised here has `outcome_unknown` (bool); `RequestRejectedError` also has
@@ -308,7 +307,7 @@ class PulpoClient(SessionClient):
         The spec lists no limit/offset here, but the reply is a `total_results` envelope; the pager
         sends them and stops correctly whether or not they are honoured.
         """
-        rows = self._iterate("/inventory/products", "products", Product, self._merchant_filter(filters))
+        rows = self._iterate("/inventory/products", "products", Product, filters)
         return rows if self.merchant_id is None else (p for p in rows if self.owns(p))
 
     def products_by_id(self, product_ids: Sequence[int]) -> dict[int, Product]:
@@ -318,8 +317,7 @@ class PulpoClient(SessionClient):
         wanted = {int(i) for i in product_ids}
         found: dict[int, Product] = {}
         for chunk in _chunks(sorted(wanted), IDS_PER_REQUEST):
-            rows = self._iterate("/inventory/products", "products", Product,
-                                 self._merchant_filter({"id[]": chunk}), expected=len(chunk))
+            rows = self._iterate("/inventory/products", "products", Product, {"id[]": chunk}, expected=len(chunk))
             for product in rows:
                 if product.id not in chunk:
                     logger.info("GET /inventory/products ignored the id list; reading products one by one")

@@ -56,9 +56,8 @@ as follows (each choice is what a client must cope with anyway):
   order's or kit's items must be products of its own merchant ("product_id: does not exist" otherwise).
   `GET /iam/third_parties` filters by `merchant_id`, else by the default merchant (as the spec says);
   an identifier number is unique per merchant and type. `GET /inventory/products` does not declare
-  `merchant_id`; the knob `product_list_merchant_filter` decides whether it is honoured.
+  `merchant_id` and lists every merchant's products (each with its `merchant_id`).
 - Spec gaps as knobs (`GET|PUT /__sandbox/behaviour`, reset by `/__sandbox/reset`):
-  `product_list_merchant_filter` "honoured" (default) | "ignored" (every merchant's products are listed);
   `product_barcodes_on_update` "replace" (default: the list sent becomes the product's) | "merge" (the
   codes sent are added to the product's).
 - The spec's picking and shipping endpoints drive the order flow (see `data.py`); the simulated

@@ -56,14 +56,10 @@ DEFAULT_MERCHANT_ID = 1
 MERCHANTS = {1: "Default merchant", 2: "Kunde Zwei GmbH", 3: "Kunde Drei KG"}
 # Where the spec leaves it open (PUT /__sandbox/behaviour changes them; a reset restores these):
 BEHAVIOUR_DEFAULTS: dict[str, str] = {
-    # GET /inventory/products does not declare `merchant_id`: "honoured" filters by it (as the sibling
-    # /inventory/products/open and /inventory/stocks/products do), "ignored" lists every merchant's products.
-    "product_list_merchant_filter": "honoured",
     # `barcodes` on a product update: "replace" the product's list (Ecto's cast) or "merge" into it.
     "product_barcodes_on_update": "replace",
 }
-BEHAVIOUR_CHOICES = {"product_list_merchant_filter": ("honoured", "ignored"),
-                     "product_barcodes_on_update": ("replace", "merge")}
+BEHAVIOUR_CHOICES = {"product_barcodes_on_update": ("replace", "merge")}
 API_USER_ID = 7
 STATES = ("queue", "picking", "packing", "shipping", "ended", "cancelled", "paused")
 RESERVING_STATES = frozenset({"queue", "picking"})
@@ -760,10 +756,7 @@ class World:
     def list_products(self, query: Query) -> tuple[list[Record], int]:
         limit, offset = paging(query)
         ids = self._product_candidates(query)
-        filters = PRODUCT_FILTERS
-        if self.behaviour["product_list_merchant_filter"] == "honoured":
-            filters = {**PRODUCT_FILTERS, "merchant_id": ("merchant_id", "int")}
-        remaining = {k: v for k, v in query.items() if k in filters and k not in ("id", "sku")}
+        remaining = {k: v for k, v in query.items() if k in PRODUCT_FILTERS and k not in ("id", "sku")}
         if remaining and set(remaining) <= {"updated_at", "inserted_at"}:
             ids = self._changed_products(ids, remaining)
             remaining = {}
@@ -771,7 +764,9 @@ class World:
             total = len(ids)
             rows = [self.product(pid) for pid in window(ids, limit, offset)]
         else:
-            matched = select((r for pid in ids if (r := self.product(pid)) is not None), remaining, filters)
+            matched = select(
+                (r for pid in ids if (r := self.product(pid)) is not None), remaining, PRODUCT_FILTERS
+            )
             total = len(matched)
             rows = window(matched, limit, offset)
         return [copy.deepcopy(r) for r in rows if r is not None], total
