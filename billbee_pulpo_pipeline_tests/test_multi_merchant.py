@@ -21,6 +21,7 @@ import dagster as dg
 import pytest
 import requests
 
+from billbee_pulpo_pipeline.clients.http import RequestRejectedError
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
 from billbee_pulpo_pipeline.config import load_config
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
@@ -216,3 +217,31 @@ def test_merchant_scoped_requests_follow_the_spec(tenant, tmp_path):
     assert len(bodies) == 8 and all(row["merchant_id"] == OURS for row in bodies)
     [lookup] = [r for r in logged if r["method"] == "GET" and r["path"].endswith("/iam/third_parties")]
     assert ("merchant_id", str(OURS)) in [tuple(q) for q in lookup["query"]]
+
+
+def test_the_sandbox_models_merchants(tenant, tmp_path):
+    theirs, ours = client(tenant, tmp_path, OTHER), client(tenant, tmp_path, OURS)
+    first = theirs.create_product({"sku": "SAME", "name": "eins"})
+    with pytest.raises(RequestRejectedError) as taken:
+        theirs.create_product({"sku": "SAME", "name": "doppelt"})
+    assert taken.value.field_errors == {"sku": "has already been taken"}  # unique per merchant ...
+    second = ours.create_product({"sku": "SAME", "name": "zwei"})          # ... not per tenant
+    assert (first.merchant_id, second.merchant_id) == (OTHER, OURS) and first.id != second.id
+    with pytest.raises(RequestRejectedError) as unknown:
+        client(tenant, tmp_path, 9).create_product({"sku": "X", "name": "x"})
+    assert unknown.value.field_errors == {"merchant_id": "does not exist"}
+    ship_to = {"name": "A", "address": {"street": "Weg 1", "zip": "10115", "city": "Berlin", "country_alpha2": "DE"}}
+    with pytest.raises(RequestRejectedError) as foreign:  # a line naming merchant 1's product
+        ours.create_sales_order({"order_num": "F-1", "ship_to": ship_to,
+                                 "items": [{"product_id": first.id, "quantity": 1}]})
+    assert foreign.value.field_errors == {"product_id": "does not exist"}
+    assert ours.create_sales_order({"order_num": "F-1", "ship_to": ship_to,
+                                    "items": [{"product_id": second.id, "quantity": 1}]}).merchant_id == OURS
+    theirs.create_third_party(customer_payload({"id": "1", "name": "Eins"}, 1))
+    ours.create_third_party(customer_payload({"id": "1", "name": "Eins bei zwei"}, 1))  # per merchant too
+    unfiltered = simulator_list(tenant, "/iam/third_parties", "third_parties")
+    assert [p["merchant_id"] for p in unfiltered] == [OTHER]  # the spec: "else use the default merchant_id"
+    assert tenant.control("PUT", "pulpo", "behaviour", {"product_barcodes_on_update": "merge"}) == {
+        "product_barcodes_on_update": "merge"}
+    with pytest.raises(requests.HTTPError):
+        tenant.control("PUT", "pulpo", "behaviour", {"product_barcodes_on_update": "sometimes"})

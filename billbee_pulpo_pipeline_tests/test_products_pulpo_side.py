@@ -158,6 +158,8 @@ def test_a_product_deleted_during_the_scan_deactivates_only_itself(world, bpp_en
     pages = [r for r in world.requests("billbee") if r["endpoint"] == "GET /api/v1/products" and not r["simulator"]]
     assert len(pages) == 2 + 3  # the shifted pass stopped at page 2, the second pass read all three
     assert world.control("GET", "billbee", "summary")["deleted_products"] == 1
+    gone = billbee_session().get(f"{world.billbee_url}/products/{billbee_product_id(100)}", timeout=30)
+    assert gone.status_code == 404
 
 
 def test_barcode_read_copes_with_a_pulpo_that_ignores_the_id_list(tmp_path):
