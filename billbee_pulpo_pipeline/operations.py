@@ -41,7 +41,8 @@ def client_for(credential: Credential, home: Path) -> BillbeeClient | PulpoClien
             timeout=(5, credential.timeout_seconds),
         )
     return PulpoClient(credential.base_url, credential.username, credential.password.get_secret_value(),
-                       warehouse_id=credential.warehouse_id, token_dir=home / "tokens", max_retries=2,
+                       warehouse_id=credential.warehouse_id, merchant_id=credential.merchant_id,
+                       token_dir=home / "tokens", max_retries=2,
                        timeout=(5, credential.timeout_seconds))
 
 

@@ -253,7 +253,10 @@ class PulpoCredential(Credential):
         description="PULPO warehouse id the orders are created in and stock is read from."
     )
     merchant_id: Id | None = Field(
-        None, description="PULPO merchant id, needed only on tenants with several merchants; empty = default."
+        None,
+        description="PULPO merchant id, needed only on tenants with several merchants (a 3PL's clients): sent "
+        "on every product, customer and sales order the integration creates or updates, and product and "
+        "customer lookups see only this merchant's records. Empty = the tenant's default merchant.",
     )
 
 

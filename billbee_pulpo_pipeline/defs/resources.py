@@ -54,6 +54,7 @@ class PulpoResource(dg.ConfigurableResource):
     username: str
     password: str = Field(json_schema_extra=SECRET)
     warehouse_id: int
+    merchant_id: int | None = Field(None, description="PULPO merchant the integration writes for (3PL tenants).")
     timeout_seconds: float = 60.0
     home: str = Field(description="BPP_HOME: where the shared token cache lives.")
 
@@ -62,7 +63,8 @@ class PulpoResource(dg.ConfigurableResource):
     def client(self) -> PulpoClient:
         if self._client is None:
             self._client = PulpoClient(self.base_url, self.username, self.password,
-                                       warehouse_id=self.warehouse_id, token_dir=Path(self.home) / "tokens",
+                                       warehouse_id=self.warehouse_id, merchant_id=self.merchant_id,
+                                       token_dir=Path(self.home) / "tokens",
                                        timeout=(5, self.timeout_seconds))
         return self._client
 
@@ -101,7 +103,7 @@ def resource_for(credential: Credential, home: Path) -> dg.ConfigurableResource:
         return PulpoResource(
             credential=credential.name, base_url=credential.base_url, username=_value(credential, "username"),
             password=_value(credential, "password"), warehouse_id=credential.warehouse_id,
-            timeout_seconds=credential.timeout_seconds, home=str(home),
+            merchant_id=credential.merchant_id, timeout_seconds=credential.timeout_seconds, home=str(home),
         )
     raise TypeError(f"unknown credential type {type(credential).__name__}")
 

@@ -7,7 +7,11 @@ Field mapping (Billbee `ArticleApiModel` → PULPO `Product`):
 - `name` = the title in the configured language (default German), else the first non-empty title.
   A product without any title is sent without a name and PULPO's "can't be blank" lands in
   quarantine: inventing a name would hide the gap from the merchant.
-- `barcodes` = [EAN] (empty EANs are left out, so the list may be empty).
+- `barcodes` = [EAN] (empty EANs are left out, so the list may be empty). PULPO's own barcodes are
+  kept: an update sends the union of the PULPO product's barcodes and the Billbee EAN, without the
+  EAN this flow sent before when Billbee's changed (`merged_barcodes`), or no `barcodes` at all when
+  the Billbee EAN did not change. A product found in PULPO already holds our payload when its
+  other fields match and the Billbee EAN is among its barcodes (`holds_payload`).
 - `weight`: Billbee keeps grams, PULPO kilograms (PULPO's spec gives no unit; its UI, its own Billbee
   import and the sandbox use kg and cm), so grams / 1000, rounded to the gram. `length`/`width`/
   `height` = `LengthCm`/`WidthCm`/`HeightCm` (cm on both sides). Billbee shows 0 for "not set", so
@@ -168,6 +172,34 @@ def pulpo_fingerprint(values: Mapping[str, Any]) -> str:
     holds the payload: a product found in PULPO then needs no write."""
     projection = {key: _normalised(key, values[key]) for key in PRODUCT_KEYS if values.get(key) is not None}
     return _content_hash(projection)
+
+
+def fingerprint_without_barcodes(values: Mapping[str, Any]) -> str:
+    """`pulpo_fingerprint` of every written field but the barcodes (PULPO may hold more than ours)."""
+    return pulpo_fingerprint({key: value for key, value in values.items() if key != "barcodes"})
+
+
+def barcode_list(values: Iterable[Any] | None) -> list[str]:
+    """Barcodes as plain, non-empty strings (PULPO's `{code: ...}` objects too), in their order, once each."""
+    codes = ((v.get("code") or v.get("barcode")) if isinstance(v, Mapping) else v for v in values or [])
+    texts = (str(code).strip() for code in codes if code is not None)
+    return list(dict.fromkeys(text for text in texts if text))
+
+
+def holds_payload(fingerprint: str, barcodes: Iterable[Any], payload: Mapping[str, Any]) -> bool:
+    """Whether a PULPO product (its `fingerprint_without_barcodes` and barcodes) already holds `payload`:
+    the same written fields, and every barcode of the payload among its own."""
+    return (fingerprint == fingerprint_without_barcodes(payload)
+            and set(barcode_list(payload.get("barcodes"))) <= set(barcode_list(barcodes)))
+
+
+def merged_barcodes(pulpo: Iterable[Any], billbee: Iterable[Any], previous_billbee: Iterable[Any]) -> list[str]:
+    """The barcodes to send on an update: PULPO's (the warehouse may have added some), without the
+    Billbee EANs this flow sent before that Billbee no longer has, plus Billbee's current ones."""
+    current = barcode_list(billbee)
+    dropped = set(barcode_list(previous_billbee)) - set(current)
+    kept = [code for code in barcode_list(pulpo) if code not in dropped]
+    return kept + [code for code in current if code not in kept]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,15 @@ A POST that times out or answers 5xx may have been executed: it raises `Transien
 Authentication is the OAuth2 password grant; the token is shared across processes through
 `TokenCache` (one token per expiry window: PULPO bans IPs that fetch a token per call).
 
+Merchants (3PL tenants): a client made with `merchant_id` sends it on every product, third party and
+sales order it creates or updates (unless the body names one), and its product and third-party
+lookups return only that merchant's records: each returned record's own `merchant_id` is checked, and
+`GET /iam/third_parties` also gets the filter its spec declares. `GET /inventory/products` declares
+none, so none is sent (the spec's parameters only); a `?sku=` lookup then sees one row per merchant
+with that SKU and keeps ours. Kits carry no `merchant_id` in the spec: a kit belongs to its product,
+which is the merchant's. Order lookups by `order_num` see every merchant (a number another merchant uses is a
+collision to handle, not a record to adopt) but prefer the client's merchant's order.
+
 Errors: every `ApiError` raised here has `outcome_unknown` (bool); `RequestRejectedError` also has
 `field_errors` (`{"sku": "has already been taken"}`) parsed from PULPO's 422 `ErrorsList`.
 """
@@ -234,6 +243,7 @@ class PulpoClient(SessionClient):
         password: str,
         *,
         warehouse_id: int | None = None,
+        merchant_id: int | None = None,
         token_dir: Path,
         timeout: tuple[float, float] = (5, 60),
         max_retries: int = 6,
@@ -250,6 +260,7 @@ class PulpoClient(SessionClient):
         self.username = username
         self._credentials = _Credentials(username, password)
         self.warehouse_id = warehouse_id
+        self.merchant_id = merchant_id
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_factor = backoff_factor
@@ -263,6 +274,21 @@ class PulpoClient(SessionClient):
     def __repr__(self) -> str:
         return f"PulpoClient(base_url={self.base_url!r}, username={self.username!r})"
 
+    # ---- merchant scope ------------------------------------------------------------------------------
+
+    def _for_merchant(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A request body with the client's merchant, unless it names one itself."""
+        if self.merchant_id is not None and body.get("merchant_id") is None:
+            body["merchant_id"] = self.merchant_id
+        return body
+
+    def _merchant_filter(self, filters: Mapping[str, Any]) -> dict[str, Any]:
+        return {**filters, "merchant_id": self.merchant_id} if self.merchant_id is not None else dict(filters)
+
+    def owns(self, record: Product | ThirdParty | SalesOrder) -> bool:
+        """Whether a record belongs to the client's merchant (always, without a merchant)."""
+        return self.merchant_id is None or record.merchant_id == self.merchant_id
+
     # ---- connection ----------------------------------------------------------------------------------
 
     def check_connection(self) -> User:
@@ -275,32 +301,60 @@ class PulpoClient(SessionClient):
     # ---- products ------------------------------------------------------------------------------------
 
     def iter_products(self, **filters: Any) -> Iterator[Product]:
-        """`GET /inventory/products` with spec filters (sku=, active=, barcode=, article_number=, ...).
+        """`GET /inventory/products` with spec filters (sku=, active=, barcode=, article_number=, ...),
+        only the client's merchant's products (see the module docstring).
 
         The spec lists no limit/offset here, but the reply is a `total_results` envelope; the pager
         sends them and stops correctly whether or not they are honoured.
         """
-        return self._iterate("/inventory/products", "products", Product, filters)
+        rows = self._iterate("/inventory/products", "products", Product, filters)
+        return rows if self.merchant_id is None else (p for p in rows if self.owns(p))
+
+    def products_by_id(self, product_ids: Sequence[int]) -> dict[int, Product]:
+        """The client's merchant's products with these ids: `GET /inventory/products?id[]=..` (PULPO's list
+        form), 100 ids a call. Should a server answer with products it was not asked for (the id list
+        ignored), the rest are fetched one by one rather than paging the whole catalogue."""
+        wanted = {int(i) for i in product_ids}
+        found: dict[int, Product] = {}
+        for chunk in _chunks(sorted(wanted), IDS_PER_REQUEST):
+            rows = self._iterate("/inventory/products", "products", Product, {"id[]": chunk}, expected=len(chunk))
+            for product in rows:
+                if product.id not in chunk:
+                    logger.info("GET /inventory/products ignored the id list; reading products one by one")
+                    break
+                if self.owns(product):
+                    found[product.id] = product
+            else:
+                continue
+            for pid in chunk:
+                if pid not in found:
+                    try:
+                        product = self.get_product(pid)
+                    except NotFoundError:
+                        continue
+                    if self.owns(product):
+                        found[pid] = product
+        return found
 
     def get_product(self, product_id: int) -> Product:
         return self._one(Product, "GET", f"/inventory/products/{product_id}", "product")
 
     def create_product(self, payload: Payload) -> Product:
-        body = wire(payload, ProductPayload)
+        body = self._for_merchant(wire(payload, ProductPayload))
         return self._one(Product, "POST", "/inventory/products", "product", json=body)
 
     def update_product(self, product_id: int, payload: Payload) -> Product:
         return self._one(Product, "PUT", f"/inventory/products/{product_id}", "product",
-                         json=wire(payload, ProductPayload))
+                         json=self._for_merchant(wire(payload, ProductPayload)))
 
     def bulk_create_products(self, payloads: Iterable[Payload]) -> BulkResult:
         """`POST /inventory/bulk/products`: PULPO creates what it can; the result says per SKU."""
-        rows = [wire(p, ProductPayload) for p in payloads]
+        rows = [self._for_merchant(wire(p, ProductPayload)) for p in payloads]
         return self._bulk("POST", "/inventory/bulk/products", rows, ok_field="created", key_field="sku")
 
     def bulk_update_products(self, payloads: Iterable[Payload]) -> BulkResult:
         """`PUT /inventory/bulk/products` (rows carry `id`); keyed by SKU, or by id when a row has none."""
-        rows = [wire(p, ProductUpdatePayload) for p in payloads]
+        rows = [self._for_merchant(wire(p, ProductUpdatePayload)) for p in payloads]
         return self._bulk("PUT", "/inventory/bulk/products", rows, ok_field="updated", key_field="sku")
 
     # ---- kits ----------------------------------------------------------------------------------------
@@ -330,12 +384,12 @@ class PulpoClient(SessionClient):
         })
 
     def find_sales_order_by_order_num(self, order_num: str) -> SalesOrder | None:
-        """The order with exactly this `order_num`, in any warehouse (the check before a create)."""
+        """The order with exactly this `order_num`, in any warehouse (the check before a create); of any
+        merchant, the client's merchant's first."""
         wanted = str(order_num)
-        for order in self._iterate("/sales/orders", "sales_orders", SalesOrder, {"order_num": wanted}):
-            if order.order_num == wanted:
-                return order
-        return None
+        matches = [order for order in self._iterate("/sales/orders", "sales_orders", SalesOrder,
+                                                    {"order_num": wanted}) if order.order_num == wanted]
+        return next((order for order in matches if self.owns(order)), matches[0] if matches else None)
 
     def get_sales_order(self, sales_order_id: int) -> SalesOrder:
         return self._one(SalesOrder, "GET", f"/sales/orders/{sales_order_id}", "sales_order")
@@ -346,7 +400,7 @@ class PulpoClient(SessionClient):
         A timeout or 5xx raises `TransientApiError(outcome_unknown=True)`: look the order up by
         `order_num` before creating it again.
         """
-        body_json = wire(payload, SalesOrderPayload)
+        body_json = self._for_merchant(wire(payload, SalesOrderPayload))
         if body_json.get("warehouse_id") is None and self.warehouse_id is not None:
             body_json["warehouse_id"] = self.warehouse_id
         return self._one(SalesOrder, "POST", "/sales/orders", "sales_order", json=body_json)
@@ -355,7 +409,7 @@ class PulpoClient(SessionClient):
         """`PUT /sales/orders/{id}`; only orders still in `queue` may change (else 403 ->
         `RequestRejectedError` with status 403)."""
         return self._one(SalesOrder, "PUT", f"/sales/orders/{sales_order_id}", "sales_order",
-                         json=wire(payload, SalesOrderPayload))
+                         json=self._for_merchant(wire(payload, SalesOrderPayload)))
 
     def cancel_sales_order(self, sales_order_id: int) -> SalesOrder:
         """`POST /sales/orders/{id}/cancel`; ended orders answer 422 (`RequestRejectedError`)."""
@@ -371,7 +425,7 @@ class PulpoClient(SessionClient):
         `warehouse_id` gets the client's warehouse."""
         rows = []
         for payload in payloads:
-            row = wire(payload, SalesOrderPayload)
+            row = self._for_merchant(wire(payload, SalesOrderPayload))
             if row.get("warehouse_id") is None and self.warehouse_id is not None:
                 row["warehouse_id"] = self.warehouse_id
             rows.append(row)
@@ -497,8 +551,10 @@ class PulpoClient(SessionClient):
     # ---- third parties (customers) ------------------------------------------------------------------
 
     def iter_third_parties(self, **filters: Any) -> Iterator[ThirdParty]:
-        """`GET /iam/third_parties` with spec filters (erp_id=, third_type=, identifier_number=, ...)."""
-        return self._iterate("/iam/third_parties", "third_parties", ThirdParty, filters)
+        """`GET /iam/third_parties` with spec filters (erp_id=, third_type=, identifier_number=, ...),
+        only the client's merchant's (the spec's `merchant_id` filter, and each record checked)."""
+        rows = self._iterate("/iam/third_parties", "third_parties", ThirdParty, self._merchant_filter(filters))
+        return rows if self.merchant_id is None else (p for p in rows if self.owns(p))
 
     def find_third_party(self, erp_id: str, third_type: str = "C") -> ThirdParty | None:
         """The third party with exactly this `erp_id` and type (the check before a create)."""
@@ -511,7 +567,7 @@ class PulpoClient(SessionClient):
     def create_third_party(self, payload: Payload) -> ThirdParty:
         """`POST /iam/third_parties` (422 `RequestRejectedError` names the refused fields)."""
         return self._one(ThirdParty, "POST", "/iam/third_parties", "third_party",
-                         json=wire(payload, ThirdPartyPayload))
+                         json=self._for_merchant(wire(payload, ThirdPartyPayload)))
 
     # ---- shipping ------------------------------------------------------------------------------------
 

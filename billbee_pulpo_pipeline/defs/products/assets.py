@@ -6,6 +6,12 @@ path (pydantic-core validates the bytes in Rust and builds only the fields the f
 200,000-product re-scan costs seconds of CPU, not tens. The snapshot keeps a content hash per
 product over those fields (see `SnapshotScan`), so the writer downstream looks only at what is new
 or changed.
+
+Billbee pages by offset, so a product deleted while the scan pages shifts every later page by one and
+an unrelated product slides onto a page already read: missed, it would look deleted and be
+deactivated in PULPO. The scan notices it as the order reader does, with the same implementation
+(`read_complete_window`: TotalRows changes between pages, or fewer unique ids than TotalRows) and
+reads the catalogue again, up to `SCAN_PASSES` times; only a consistent pass decides what was removed.
 """
 
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at runtime.
@@ -14,9 +20,12 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import dagster as dg
 
+from billbee_pulpo_pipeline.clients.billbee import ResultPage
 from billbee_pulpo_pipeline.clients.billbee.models import LeanProduct
 from billbee_pulpo_pipeline.defs.common import (
     STATE_STORE_KEY,
@@ -32,6 +41,7 @@ from billbee_pulpo_pipeline.defs.common import (
 )
 from billbee_pulpo_pipeline.defs.products.state import SNAPSHOT_QUARANTINE, Comparison, ProductDatasets
 from billbee_pulpo_pipeline.defs.products.writer import ProductWriter, accounted_check
+from billbee_pulpo_pipeline.defs.sales_orders.windows import WindowReadError, read_complete_window
 from billbee_pulpo_pipeline.defs.write_behind import WriteBehind
 from billbee_pulpo_pipeline.mapping.products import product_fields, unlinkable_reason
 from billbee_pulpo_pipeline.progress import Progress
@@ -42,6 +52,14 @@ ACCOUNTED_CHECK = "all_products_accounted_for"
 STORE_EVERY = 5000  # changed products held before they are stored, even while the writer is busy
 HASH_VERSION = "lean-v1"  # part of every hash: a new scheme re-evaluates every product once
 LEAN_JSON = LeanProduct.__pydantic_serializer__  # bytes straight from pydantic-core
+SCAN_PASSES = 3  # full reads of the catalogue before a run gives up on a catalogue that keeps changing
+
+
+class _SeenId(NamedTuple):
+    """What `read_complete_window` keeps of a product: its id (the scan holds the rest)."""
+
+    BillBeeOrderId: int
+    LastModifiedAt: datetime | None = None
 
 
 def build(flow: Flow) -> dg.Definitions:
@@ -133,10 +151,10 @@ def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateSto
     client = getattr(context.resources, flow.source_key).client()
     meter = CallMeter(billbee=client.stats)
     datasets = ProductDatasets(store, flow)
-    scan = SnapshotScan(language, datasets.hash_prefixes(datasets.snapshot))
+    scans: list[SnapshotScan] = []
     counts: Counter[str] = Counter()
 
-    def store_changes() -> bool:
+    def store_changes(scan: SnapshotScan) -> bool:
         rows = scan.take_changed_rows()
         if rows:
             diff = store.upsert_snapshot(datasets.snapshot, rows)
@@ -144,13 +162,38 @@ def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateSto
         return bool(rows)
 
     progress = Progress(flow.name, "products", context.log.info)
+
+    def passes(behind: WriteBehind) -> Callable[[], Iterator[ResultPage[Any]]]:
+        def pages() -> Iterator[ResultPage[Any]]:
+            """One pass over the catalogue into a fresh scan (a discarded pass's changes were real content
+            and stay stored); yields the ids of each page for the shift check."""
+            if scans:
+                store_changes(scans[-1])
+            scan = SnapshotScan(language, datasets.hash_prefixes(datasets.snapshot))
+            scans.append(scan)
+            for page in client.iter_product_pages_lean(page_size=250):
+                scan.add(page.items)
+                if scan.pending_rows and (behind.idle or scan.pending_rows >= STORE_EVERY) and store_changes(scan):
+                    behind.wake()  # only when something changed: a pass over nothing still costs a compare
+                progress.update(scan.total, page.paging.TotalRows if page.paging else None)
+                yield ResultPage(number=page.number, items=[_SeenId(int(p.Id)) for p in page.items],
+                                 paging=page.paging)
+        return pages
+
+    def shifted(message: str) -> None:
+        context.log.warning(f"{flow.name}: the Billbee catalogue changed while it was paged "
+                            f"({message.split(';')[0]}); reading it again, nothing is taken as deleted from that pass")
+
     with quiet_gc(), WriteBehind(early_writes, name=f"{flow.slug}-pulpo-writes") as behind:
-        for page in client.iter_product_pages_lean(page_size=250):
-            scan.add(page.items)
-            if scan.pending_rows and (behind.idle or scan.pending_rows >= STORE_EVERY) and store_changes():
-                behind.wake()  # only when something changed: a pass over nothing still costs a compare
-            progress.update(scan.total, page.paging.TotalRows if page.paging else None)
-        store_changes()
+        try:
+            read = read_complete_window(passes(behind), max_passes=SCAN_PASSES, on_shift=shifted)
+        except WindowReadError as exc:
+            raise dg.Failure(
+                description=f"{flow.name}: the Billbee catalogue kept changing while it was read ({SCAN_PASSES} "
+                            "full reads); nothing was deactivated in PULPO. The next run reads it again.",
+                metadata={"shifts": dg.MetadataValue.text(str(exc))}) from exc
+        scan = scans[-1]
+        store_changes(scan)
     progress.finish()
     removed = scan.removed_keys()
     if removed:
@@ -161,7 +204,7 @@ def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateSto
     metadata = {
         **count_metadata(total=scan.total, new=counts["new"], changed=counts["changed"], removed=len(removed),
                          unchanged=scan.unchanged + counts["unchanged"], quarantined=len(scan.quarantined),
-                         records_read=scan.total),
+                         records_read=scan.total, scan_rereads=read.rereads),
         **meter.metadata(),
         "quarantine_preview": preview_table(scan.quarantined),
     }

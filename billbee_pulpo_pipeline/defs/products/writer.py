@@ -12,6 +12,11 @@ was not acknowledged is simply still different on the next run.
   (`product:<billbee>:<pulpo>`, extra `{"sku"}`), the acknowledged hashes and one ledger entry are
   written per group of up to 5 calls (500 products): each state-store call costs ~20 ms of CPU,
   and a crash inside a group only means those products are found by SKU on the next run.
+- Barcodes the warehouse added in PULPO are kept: an update whose Billbee EAN changed (or whose
+  previous EAN is not recorded) reads the PULPO products' barcodes, 100 per call (adopted products
+  bring theirs from the lookup), and sends their union with the Billbee EAN, minus the EAN this flow
+  sent before (recorded in the acknowledged state); an update with an unchanged EAN sends no
+  `barcodes`, so PULPO keeps its list untouched (`mapping.products.merged_barcodes`).
 - Per-item refusals (PULPO's field messages) go to quarantine (kind `product_pulpo`) while the
   rest goes on. A refused product is sent again when it changes in Billbee, not on every run;
   products waiting for something (a kit component, a PULPO product that vanished) retry each run.
@@ -41,7 +46,7 @@ from typing import Any, TypeVar
 import dagster as dg
 
 from billbee_pulpo_pipeline.clients.http import ApiError, RequestRejectedError
-from billbee_pulpo_pipeline.clients.pulpo import BulkResult, Kit, PulpoClient
+from billbee_pulpo_pipeline.clients.pulpo import BulkResult, Kit, Product, PulpoClient
 from billbee_pulpo_pipeline.defs.common import (
     Flow,
     canonical_json,
@@ -51,13 +56,17 @@ from billbee_pulpo_pipeline.defs.common import (
 from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.products.state import WRITER_QUARANTINE, Comparison, ProductDatasets
 from billbee_pulpo_pipeline.mapping.products import (
+    barcode_list,
     component_label,
+    fingerprint_without_barcodes,
+    holds_payload,
     is_bundle,
     kit_amount_problem,
     kit_items,
     kit_payload,
     kit_quantity,
     kit_signature,
+    merged_barcodes,
     pulpo_fingerprint,
     pulpo_product_payload,
 )
@@ -84,9 +93,16 @@ class Item:
     fields: dict[str, Any]
     payload: dict[str, Any]
     product_hash: str
-    acknowledged: dict[str, Any]  # what PULPO acknowledged before: sku, pulpo_id, product_hash, kit_id
+    acknowledged: dict[str, Any]  # what PULPO acknowledged before: sku, pulpo_id, product_hash, barcodes, kit_id
     pulpo_id: int | None = None
     acknowledged_hash: str | None = None
+    pulpo_barcodes: list[str] | None = None  # the PULPO product's barcodes, when a lookup brought them
+
+    @property
+    def barcodes_changed(self) -> bool:
+        """Whether the Billbee EAN differs from the one PULPO acknowledged (unknown counts as changed)."""
+        sent = self.acknowledged.get("barcodes")
+        return sent is None or set(barcode_list(sent)) != set(barcode_list(self.payload.get("barcodes")))
 
     @property
     def sku(self) -> str:
@@ -95,6 +111,20 @@ class Item:
     @property
     def bundle(self) -> bool:
         return is_bundle(self.fields)
+
+
+@dataclass(frozen=True)
+class PulpoMatch:
+    """A product found in PULPO by SKU: its id, `fingerprint_without_barcodes` and barcodes."""
+
+    id: int
+    fingerprint: str
+    barcodes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, product: Product) -> "PulpoMatch":
+        values = product.model_dump()
+        return cls(product.id or 0, fingerprint_without_barcodes(values), tuple(barcode_list(product.barcodes)))
 
 
 @dataclass(eq=False)
@@ -151,9 +181,9 @@ class ProductWriter:
         self.plan: list[dict[str, Any]] = []
         self._mapping: dict[str, str] = {}
         self._mapping_known: set[str] = set()
-        self._pulpo_index: dict[str, tuple[int, str]] | None = None
+        self._pulpo_index: dict[str, PulpoMatch] | None = None
         self._parked: dict[str, QuarantineEntry] | None = None
-        self._component_skus: dict[str, tuple[int, str]] = {}
+        self._component_skus: dict[str, PulpoMatch] = {}
 
     # ---- run ---------------------------------------------------------------------------------------
 
@@ -282,31 +312,33 @@ class ProductWriter:
         self._adopt(creates, found, updates, current)
         return [i for i in creates if i.sku not in found]
 
-    def _adopt(self, items: list[Item], found: dict[str, tuple[int, str]], updates: list[Item],
+    def _adopt(self, items: list[Item], found: dict[str, PulpoMatch], updates: list[Item],
                current: list[Item]) -> None:
         adopted = [i for i in items if i.sku in found]
         for item in adopted:
-            item.pulpo_id, fingerprint = found[item.sku]
-            (current if fingerprint == item.product_hash else updates).append(item)
+            match = found[item.sku]
+            item.pulpo_id, item.pulpo_barcodes = match.id, list(match.barcodes)
+            (current if holds_payload(match.fingerprint, match.barcodes, item.payload) else updates).append(item)
         if adopted:
             self.counts["adopted"] += len(adopted)
             self._record_mappings(adopted)
 
-    def _lookup_skus(self, skus: Sequence[str]) -> dict[str, tuple[int, str]]:
-        """SKU → (PULPO id, content fingerprint), one `?sku=` call per SKU."""
+    def _lookup_skus(self, skus: Sequence[str]) -> dict[str, PulpoMatch]:
+        """SKU → the PULPO product (of the client's merchant), one `?sku=` call per SKU."""
         found = {}
         for sku in skus:
             for product in self.client.iter_products(sku=sku):
                 if product.sku == sku and not product.deleted and product.id is not None:
-                    found[sku] = (product.id, pulpo_fingerprint(product.model_dump()))
+                    found[sku] = PulpoMatch.of(product)
                     break
         return found
 
-    def _index(self) -> dict[str, tuple[int, str]]:
-        """All PULPO products by SKU, listed once per run (when many SKUs need resolving)."""
+    def _index(self) -> dict[str, PulpoMatch]:
+        """All PULPO products (of the client's merchant) by SKU, listed once per run (when many SKUs
+        need resolving)."""
         if self._pulpo_index is None:
             self._pulpo_index = {
-                p.sku: (p.id, pulpo_fingerprint(p.model_dump()))
+                p.sku: PulpoMatch.of(p)
                 for p in self.client.iter_products() if p.sku and p.id is not None and not p.deleted
             }
             self.log.info(f"{self.flow.name}: listed {len(self._pulpo_index):,} PULPO products to match SKUs")
@@ -370,7 +402,7 @@ class ProductWriter:
             try:
                 with self._ledger("update_products", group) as outcome:
                     for batch in _chunks(group, BATCH_SIZE):
-                        result = self.client.bulk_update_products([{**i.payload, "id": i.pulpo_id} for i in batch])
+                        result = self.client.bulk_update_products(self._update_rows(batch))
                         by_key = {i.sku: i for i in batch} | {str(i.pulpo_id): i for i in batch}
                         done += [by_key[ok.key] for ok in result.ok if ok.key in by_key]
                         for failure in result.failed:
@@ -381,6 +413,25 @@ class ProductWriter:
             finally:
                 self.counts["updated"] += len(done)
                 self._acknowledge(done)
+
+    def _update_rows(self, batch: Sequence[Item]) -> list[dict[str, Any]]:
+        """Update rows that keep PULPO's barcodes: without `barcodes` when the Billbee EAN is unchanged,
+        else PULPO's current list merged with it (read for the batch in one call where not known)."""
+        unknown = [i.pulpo_id for i in batch if i.barcodes_changed and i.pulpo_barcodes is None and i.pulpo_id]
+        pulpo = self.client.products_by_id(unknown) if unknown else {}
+        rows = []
+        for item in batch:
+            row = {**item.payload, "id": item.pulpo_id}
+            if not item.barcodes_changed and item.pulpo_barcodes is None:
+                row.pop("barcodes", None)  # PULPO keeps its list, which holds our EAN already
+            else:
+                found = pulpo.get(item.pulpo_id or 0)
+                current = item.pulpo_barcodes if item.pulpo_barcodes is not None else (
+                    found.barcodes if found is not None else [])
+                row["barcodes"] = merged_barcodes(current, item.payload.get("barcodes") or [],
+                                                  item.acknowledged.get("barcodes") or [])
+            rows.append(row)
+        return rows
 
     def _refused_update(self, item: Item, reason: str, field_errors: dict[str, str]) -> None:
         if not field_errors and "not confirmed" in reason:
@@ -446,7 +497,8 @@ class ProductWriter:
         rows = []
         for item in items:
             complete = not (item.bundle and self.make_kits) or with_kit is not None
-            state = {"sku": item.sku, "pulpo_id": str(item.pulpo_id), "product_hash": item.product_hash}
+            state = {"sku": item.sku, "pulpo_id": str(item.pulpo_id), "product_hash": item.product_hash,
+                     "barcodes": barcode_list(item.payload.get("barcodes"))}  # the EANs that are ours
             if with_kit is not None:
                 state["kit_id"] = str(with_kit[item.billbee_id])
             content_hash = item.snapshot_hash if complete else f"partial:{item.product_hash}"
@@ -544,7 +596,7 @@ class ProductWriter:
         if sku and sku not in self._component_skus:
             self._component_skus.update(self._lookup_skus([sku]))
         hit = self._component_skus.get(sku)
-        return hit[0] if hit else None
+        return hit.id if hit else None
 
     def _active_kits(self, product_ids: list[int]) -> dict[int, list[Kit]]:
         """Active PULPO kits of these bundle products: PULPO is the record of what a kit contains."""

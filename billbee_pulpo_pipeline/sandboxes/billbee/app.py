@@ -17,7 +17,7 @@ Endpoints (all under /api/v1, spec `billbee-api-swagger2.yaml`):
     GET    /shipment/shippingproviders  bare JSON array with lower-case keys (as the official SDKs read it)
     GET    /shipment/shippingcarriers, /enums/shippingcarriers, /enums/orderstates, /enums/shipmenttypes
     GET    /products                    paged; minCreatedAt, minimumBillBeeArticleId, maximumBillBeeArticleId
-    POST   /products                    create;  GET/PATCH /products/{id} (GET: lookupBy=id|sku|ean)
+    POST   /products                    create;  GET/PATCH/DELETE /products/{id} (GET: lookupBy=id|sku|ean)
     GET    /products/stocks, /products/reservedamount
     POST   /products/updatestock, /products/updatestockmultiple, /products/updatestockcode
 
@@ -29,6 +29,10 @@ Control routes besides the common ones (see `common.py`):
     POST /__sandbox/reset                        {seed, products, orders, marketplace_skus}: rebuild the world
                                                  (marketplace_skus: the first line of Amazon orders is sold
                                                  under a seller SKU, AMZ-<article SKU>; off by default)
+    PUT  /__sandbox/products/delete_during_scan  {"product_id": id, "after_page": N}: once GET /products
+                                                 has served page N (to the product, not the simulator),
+                                                 delete that product, as a merchant deleting an article
+                                                 while a scan pages; off by default, one shot
 
 Decisions where the spec and notes are silent (each a guess at the live service, kept in one place):
 
@@ -50,7 +54,9 @@ Decisions where the spec and notes are silent (each a guess at the live service,
   the previous change, so no two changes share a timestamp. POST /orders/{id}/shipment does not
   change the state; shipwithlabel sets state 4 unless ChangeStateToSend is false.
 - GET /orders pages are ordered by BillBeeOrderId and evaluated per request (no snapshot), so an
-  order modified while a client pages moves and shifts later pages, as the live API would.
+  order modified while a client pages moves and shifts later pages, as the live API would. GET
+  /products likewise (by article id): a deleted product shifts every later page by one.
+- DELETE /products/{id} answers 200 with an empty envelope; the article is gone from every read.
 """
 
 from __future__ import annotations
@@ -91,7 +97,7 @@ from billbee_pulpo_pipeline.sandboxes.billbee.data import (
     now_ms,
 )
 from billbee_pulpo_pipeline.sandboxes.catalog import billbee_product_id
-from billbee_pulpo_pipeline.sandboxes.common import SandboxApp, SandboxError, ThrottleRule
+from billbee_pulpo_pipeline.sandboxes.common import SIMULATOR_HEADER, SandboxApp, SandboxError, ThrottleRule
 
 API = "/api/v1"
 DENIED = {"Message": "Authorization has been denied for this request."}
@@ -398,7 +404,16 @@ class BillbeeSandbox(SandboxApp):
             self._call(self.world.set_package_type, _path_int(request), body.get_bool("assigned", True))
             return json_response({"ok": True})
 
+        async def delete_during_scan(request: Request) -> Response:
+            body = await read_object(request)
+            index = self.world.product_index_by_id(body.get_int("product_id", required=True) or 0)
+            if index is None:
+                raise api_error(404, "Article not found")
+            self.world.delete_during_scan = (index, body.get_int("after_page") or 1)
+            return json_response({"armed": True})
+
         return [
+            Route("/__sandbox/products/delete_during_scan", self._guard(delete_during_scan), methods=["PUT"]),
             Route("/__sandbox/summary", self._guard(summary), methods=["GET"]),
             Route("/__sandbox/orders/{id}/touch", self._guard(touch), methods=["POST"]),
             Route("/__sandbox/orders/{id}/packagetype", self._guard(package_type), methods=["PUT"]),
@@ -450,6 +465,7 @@ class BillbeeSandbox(SandboxApp):
         r("POST", f"{API}/products", self.create_product)
         r("GET", f"{API}/products/{{id}}", self.get_product)
         r("PATCH", f"{API}/products/{{id}}", self.patch_product)
+        r("DELETE", f"{API}/products/{{id}}", self.delete_product)
 
     # ---- orders --------------------------------------------------------------------------------
 
@@ -903,7 +919,17 @@ class BillbeeSandbox(SandboxApp):
             page=page,
             page_size=size,
         )
-        return json_response(paged([self.product_json(c) for c in cores], page, size, total))
+        body = json_response(paged([self.product_json(c) for c in cores], page, size, total))
+        if request.headers.get(SIMULATOR_HEADER) != "simulator":
+            self.world.page_served(page)
+        return body
+
+    async def delete_product(self, request: Request) -> Response:
+        index = self.world.product_index_by_id(_path_int(request))
+        if index is None:
+            raise api_error(404, "Article not found")
+        self.world.delete_product(index)
+        return json_response(envelope(None))
 
     def _lookup(self, ref: str, lookup_by: str) -> int:
         by = lookup_by.lower()

@@ -471,6 +471,10 @@ class World:
         self._sku_index: dict[str, int] = {}  # SKUs of created products
         self._ean_index: dict[str, list[int]] | None = None
         self._reserved: dict[int, float] | None = None  # product id -> unfulfilled qty (default stock)
+        self.deleted_products: list[int] = []  # sorted indices of deleted products (gone from every read)
+        # Knob (off: None): (product index, page) deletes that product once a product list has served that
+        # page, i.e. while a client pages through the catalogue.
+        self.delete_during_scan: tuple[int, int] | None = None
 
     # ---- time ----------------------------------------------------------------------------------
 
@@ -538,9 +542,13 @@ class World:
             self.product_over[i] = self.product_core(i)
         return self.product_over[i]
 
+    def is_deleted(self, i: int) -> bool:
+        at = bisect_left(self.deleted_products, i)
+        return at < len(self.deleted_products) and self.deleted_products[at] == i
+
     def product_index_by_id(self, product_id: int) -> int | None:
         i = product_id - PRODUCT_ID_OFFSET
-        return i if 0 <= i < self.product_count else None
+        return i if 0 <= i < self.product_count and not self.is_deleted(i) else None
 
     def product_index_by_sku(self, sku: str) -> int | None:
         if sku in self._sku_index:
@@ -548,7 +556,7 @@ class World:
         match = re.fullmatch(r"SKU-(\d{7,})", sku)
         if match:
             i = int(match.group(1))
-            if i < self.n_products and self.product_core(i).sku == sku:
+            if i < self.n_products and not self.is_deleted(i) and self.product_core(i).sku == sku:
                 return i
         return None
 
@@ -558,7 +566,23 @@ class World:
             for i in range(self.product_count):
                 index.setdefault(self.product_core(i).ean, []).append(i)
             self._ean_index = index
-        return self._ean_index.get(ean, [])
+        return [i for i in self._ean_index.get(ean, []) if not self.is_deleted(i)]
+
+    def delete_product(self, i: int) -> None:
+        """Delete a product (DELETE /products/{id}): it leaves every read, and later pages shift by one."""
+        if self.is_deleted(i):
+            return
+        insort(self.deleted_products, i)
+        core = self.product_core(i)
+        if core.sku and self._sku_index.get(core.sku) == i:
+            del self._sku_index[core.sku]
+
+    def page_served(self, page: int) -> None:
+        """The knob `delete_during_scan`: delete its product once its page has been served."""
+        if self.delete_during_scan is not None and page == self.delete_during_scan[1]:
+            index, _ = self.delete_during_scan
+            self.delete_during_scan = None
+            self.delete_product(index)
 
     def _reindex_ean(self, i: int, old: str | None, new: str) -> None:
         if self._ean_index is None:
@@ -593,9 +617,19 @@ class World:
             lo = max(lo, min_id - PRODUCT_ID_OFFSET)
         if max_id is not None:
             hi = min(hi, max_id - PRODUCT_ID_OFFSET + 1)
-        total = max(0, hi - lo)
+        gone = self.deleted_products[bisect_left(self.deleted_products, lo):bisect_left(self.deleted_products, hi)]
+        total = max(0, hi - lo - len(gone))
         start = lo + (page - 1) * page_size
-        return total, [self.product_core(i) for i in range(start, min(hi, start + page_size))]
+        for index in gone:  # the position of the start-th live product: step over the deleted ones before it
+            if index > start:
+                break
+            start += 1
+        skip, out, i = set(gone), [], start
+        while i < hi and len(out) < page_size:
+            if i not in skip:
+                out.append(self.product_core(i))
+            i += 1
+        return total, out
 
     def create_product(self, core_fields: dict[str, Any]) -> ProductCore:
         sku = core_fields.get("sku")
@@ -1359,6 +1393,7 @@ class World:
             "products": self.product_count,
             "catalog_products": self.n_products,
             "created_products": len(self.new_product_created),
+            "deleted_products": len(self.deleted_products),
             "changed_products": len(self.product_over),
             "orders": self.next_order_index,
             "historic_orders": self.n_orders,

@@ -50,6 +50,16 @@ as follows (each choice is what a client must cope with anyway):
   with the spec's required fields (identifier_type, identifier_number, name, third_type C|S,
   tenant_id = the user's tenant) and filters; an identifier number is unique per type. A sales
   order's `third_party_id` must name one ("does not exist" otherwise), as a foreign key would.
+- Merchants (a 3PL tenant keeps one per client): 1 (the default), 2 and 3. Products, third parties and
+  sales orders store the `merchant_id` sent, else the default merchant; an unknown one is 422
+  `merchant_id: does not exist`. SKUs are unique per merchant (two merchants may share one). A sales
+  order's or kit's items must be products of its own merchant ("product_id: does not exist" otherwise).
+  `GET /iam/third_parties` filters by `merchant_id`, else by the default merchant (as the spec says);
+  an identifier number is unique per merchant and type. `GET /inventory/products` does not declare
+  `merchant_id` and lists every merchant's products (each with its `merchant_id`).
+- Spec gaps as knobs (`GET|PUT /__sandbox/behaviour`, reset by `/__sandbox/reset`):
+  `product_barcodes_on_update` "replace" (default: the list sent becomes the product's) | "merge" (the
+  codes sent are added to the product's).
 - The spec's picking and shipping endpoints drive the order flow (see `data.py`); the simulated
   warehouse uses exactly those, so no control route creates warehouse tasks.
 
@@ -64,6 +74,7 @@ Control routes (besides those of `common.py`):
     GET  /__sandbox/world          counts of products, orders per state, boxes, trackings, stock records
     POST /__sandbox/tokens/expire  expire every issued token (the next call gets 401)
     POST /__sandbox/auth/unban     lift token-storm bans
+    GET|PUT /__sandbox/behaviour   the spec-gap knobs above, e.g. {"product_barcodes_on_update": "merge"}
 """
 
 from __future__ import annotations
@@ -86,6 +97,7 @@ from starlette.routing import Route
 from billbee_pulpo_pipeline.sandboxes.common import SIMULATOR_HEADER, SandboxApp
 from billbee_pulpo_pipeline.sandboxes.credentials import PULPO_PASSWORD, PULPO_USERNAME
 from billbee_pulpo_pipeline.sandboxes.pulpo.data import (
+    BEHAVIOUR_CHOICES,
     BOX_TEMPLATES,
     KIT_FILTERS,
     LOCATION_FILTERS,
@@ -301,11 +313,21 @@ class PulpoSandbox(SandboxApp):
             self.token_times.clear()
             return ok({"ok": True})
 
+        async def behaviour(request: Request) -> Response:
+            if request.method == "PUT":
+                values = json.loads(await request.body() or b"{}")
+                for key, value in values.items():
+                    if value not in BEHAVIOUR_CHOICES.get(key, ()):
+                        return JSONResponse({"error": f"unknown behaviour {key}={value!r}"}, status_code=400)
+                self.world.behaviour.update(values)
+            return ok(self.world.behaviour)
+
         return [
             Route("/__sandbox/stock/shuffle", shuffle, methods=["POST"]),
             Route("/__sandbox/world", world, methods=["GET"]),
             Route("/__sandbox/tokens/expire", expire_tokens, methods=["POST"]),
             Route("/__sandbox/auth/unban", unban, methods=["POST"]),
+            Route("/__sandbox/behaviour", behaviour, methods=["GET", "PUT"]),
         ]
 
     # ---- auth ------------------------------------------------------------------------------------

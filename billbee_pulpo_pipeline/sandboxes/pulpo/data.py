@@ -50,6 +50,16 @@ from billbee_pulpo_pipeline.sandboxes.pulpo.query import (
 )
 
 TENANT_ID = 1
+# Merchants of the tenant (a 3PL keeps one per client). Records written without `merchant_id` belong to
+# the default merchant, as the spec says of third parties; SKUs are unique per merchant, not per tenant.
+DEFAULT_MERCHANT_ID = 1
+MERCHANTS = {1: "Default merchant", 2: "Kunde Zwei GmbH", 3: "Kunde Drei KG"}
+# Where the spec leaves it open (PUT /__sandbox/behaviour changes them; a reset restores these):
+BEHAVIOUR_DEFAULTS: dict[str, str] = {
+    # `barcodes` on a product update: "replace" the product's list (Ecto's cast) or "merge" into it.
+    "product_barcodes_on_update": "replace",
+}
+BEHAVIOUR_CHOICES = {"product_barcodes_on_update": ("replace", "merge")}
 API_USER_ID = 7
 STATES = ("queue", "picking", "packing", "shipping", "ended", "cancelled", "paused")
 RESERVING_STATES = frozenset({"queue", "picking"})
@@ -466,7 +476,9 @@ class World:
         self._stock_keys_version = 0
         self._summary_ids_cache: dict[tuple[int, ...], tuple[int, list[int]]] = {}
         self.products: dict[int, Record] = {}  # written products (created or updated)
-        self.sku_index: dict[str, int] = {}
+        self.sku_index: dict[str, int] = {}  # SKUs of the default merchant (all seeded products)
+        self.merchant_skus: dict[str, dict[int, int]] = {}  # SKU -> {other merchant: product id}
+        self.behaviour = dict(BEHAVIOUR_DEFAULTS)
         self._barcode_index: dict[str, list[int]] | None = None
         self.kits: dict[int, Record] = {}
         self.orders: dict[int, Record] = {}
@@ -612,7 +624,7 @@ class World:
             "lq_limited_quantity": False,
             "management_type": "none",
             "max_amount_per_autostore_bin": None,
-            "merchant_id": None,
+            "merchant_id": DEFAULT_MERCHANT_ID,
             "minimum_purchase_unit": 1,
             "minimum_sales_unit": 1,
             "origin_country": None,
@@ -634,16 +646,38 @@ class World:
         record.update({k: copy.deepcopy(v) for k, v in values.items() if k in PRODUCT_TYPES})
         return record
 
+    def product_by_sku(self, merchant: Any, sku: str, default: int | None = None) -> int | None:
+        """The product with this SKU of this merchant (SKUs are unique per merchant)."""
+        if merchant == DEFAULT_MERCHANT_ID:
+            return self.sku_index.get(sku, default)
+        return self.merchant_skus.get(sku, {}).get(merchant, default)
+
+    def _index_sku(self, merchant: int, sku: str, pid: int | None) -> None:
+        """Point (merchant, SKU) at `pid`, or forget it when `pid` is None."""
+        index = self.sku_index if merchant == DEFAULT_MERCHANT_ID else self.merchant_skus.setdefault(sku, {})
+        key: Any = sku if merchant == DEFAULT_MERCHANT_ID else merchant
+        if pid is None:
+            index.pop(key, None)
+        else:
+            index[key] = pid
+
     def _product_errors(self, body: Any, *, pid: int | None) -> list[tuple[str, str]]:
         if not isinstance(body, dict):
             return [("product", "is invalid")]
+        current = self.product(pid) if pid is not None else None
+        current_merchant = current["merchant_id"] if current else DEFAULT_MERCHANT_ID
+        current_sku = current["sku"] if current else None
         errors = type_errors(body, PRODUCT_TYPES)
         bad = {k for k, _ in errors}
         for key in ("sku", "name"):
             if (pid is None or key in body) and blank(body.get(key)) and key not in bad:
                 errors.append((key, "can't be blank"))
-        sku = body.get("sku")
-        if isinstance(sku, str) and sku.strip() and self.sku_index.get(sku, pid) != pid:
+        merchant = body.get("merchant_id")
+        merchant = current_merchant if merchant is None else merchant
+        if "merchant_id" not in bad and merchant not in MERCHANTS:
+            errors.append(("merchant_id", "does not exist"))
+        sku = body.get("sku", current_sku)
+        if isinstance(sku, str) and sku.strip() and self.product_by_sku(merchant, sku, pid) != pid:
             errors.append(("sku", "has already been taken"))
         if "management_type" not in bad and body.get("management_type") not in (
             None,
@@ -663,8 +697,10 @@ class World:
         record = self._product_record(pid, body, now_stamp())
         if record["article_number"] is None:
             record["article_number"] = record["sku"]
+        if record["merchant_id"] is None:
+            record["merchant_id"] = DEFAULT_MERCHANT_ID
         self.products[pid] = record
-        self.sku_index[record["sku"]] = pid
+        self._index_sku(record["merchant_id"], record["sku"], pid)
         self._barcode_index = None
         return copy.deepcopy(record)
 
@@ -676,12 +712,17 @@ class World:
         if errors:
             raise invalid(*errors)
         record = self.products.setdefault(pid, current)
-        old_sku = record["sku"]
-        record.update({k: copy.deepcopy(v) for k, v in body.items() if k in PRODUCT_TYPES})
+        old_key = (record["merchant_id"], record["sku"])
+        changes = {k: copy.deepcopy(v) for k, v in body.items() if k in PRODUCT_TYPES}
+        if self.behaviour["product_barcodes_on_update"] == "merge" and isinstance(changes.get("barcodes"), list):
+            changes["barcodes"] = record["barcodes"] + [c for c in changes["barcodes"] if c not in record["barcodes"]]
+        if changes.get("merchant_id", 0) is None:
+            changes["merchant_id"] = DEFAULT_MERCHANT_ID
+        record.update(changes)
         record["updated_at"] = now_stamp()
-        if record["sku"] != old_sku:
-            self.sku_index.pop(old_sku, None)
-            self.sku_index[record["sku"]] = pid
+        if (record["merchant_id"], record["sku"]) != old_key:
+            self._index_sku(*old_key, None)
+            self._index_sku(record["merchant_id"], record["sku"], pid)
         self._barcode_index = None
         return copy.deepcopy(record)
 
@@ -744,6 +785,7 @@ class World:
             ids = sorted({i for i in wanted if self.product_exists(i)})
         if query.get("sku"):
             by_sku = {self.sku_index[s] for s in query["sku"] if s in self.sku_index}
+            by_sku.update(pid for s in query["sku"] for pid in self.merchant_skus.get(s, {}).values())
             ids = sorted(by_sku.intersection(ids))
         if query.get("barcode"):
             index = self._barcodes()
@@ -760,6 +802,13 @@ class World:
                     index.setdefault(code, []).append(pid)
             self._barcode_index = index
         return self._barcode_index
+
+    def merchant_of(self, pid: Any) -> int | None:
+        """The merchant a product belongs to (None for an unknown id)."""
+        if not self.product_exists(pid):
+            return None
+        record = self.products.get(pid)
+        return record["merchant_id"] if record is not None else DEFAULT_MERCHANT_ID
 
     def name_and_sku(self, pid: int) -> tuple[str | None, str | None]:
         record = self.products.get(pid)
@@ -784,13 +833,17 @@ class World:
         items = body.get("items")
         if blank(items):
             errors.append(("items", "can't be blank"))
+        merchant = self.merchant_of(pid)
         for item in items if isinstance(items, list) else []:
             if not isinstance(item, dict):
                 errors.append(("items", "is invalid"))
                 continue
             errors += type_errors(item, {"product_id": "int", "quantity": "int"})
-            if isinstance(item.get("product_id"), int) and not self.product_exists(item["product_id"]):
-                errors.append(("product_id", "does not exist"))
+            component = item.get("product_id")
+            if isinstance(component, int) and (
+                not self.product_exists(component) or (merchant is not None and self.merchant_of(component) != merchant)
+            ):
+                errors.append(("product_id", "does not exist"))  # another merchant's product is not there for it
             if item.get("product_id") == pid:
                 errors.append(("product_id", "a kit can not contain itself"))
             if isinstance(item.get("quantity"), int) and item["quantity"] <= 0:
@@ -850,15 +903,20 @@ class World:
             errors.append(("third_type", "is invalid"))
         if "tenant_id" not in bad and body.get("tenant_id") not in (None, TENANT_ID):
             errors.append(("tenant_id", "does not exist"))
+        merchant = body.get("merchant_id")
+        merchant = DEFAULT_MERCHANT_ID if merchant is None else merchant
+        if "merchant_id" not in bad and merchant not in MERCHANTS:
+            errors.append(("merchant_id", "does not exist"))
         number, kind = body.get("identifier_number"), body.get("third_type")
-        if any(p["identifier_number"] == number and p["third_type"] == kind for p in self.third_parties.values()):
+        if any(p["identifier_number"] == number and p["third_type"] == kind and p["merchant_id"] == merchant
+               for p in self.third_parties.values()):
             errors.append(("identifier_number", "has already been taken"))
         if errors:
             raise invalid(*errors)
         stamp, tid = now_stamp(), self._next("third_party")
         party: Record = dict.fromkeys(THIRD_PARTY_TYPES)
         party.update({k: body.get(k) for k in THIRD_PARTY_TYPES if k in body})
-        party.update({"id": tid, "active": body.get("active", True), "merchant_id": body.get("merchant_id", 1),
+        party.update({"id": tid, "active": body.get("active", True), "merchant_id": merchant,
                       "deleted_at": None, "deleted_by": None, "inserted_at": stamp, "updated_at": stamp})
         self.third_parties[tid] = party
         return copy.deepcopy(party)
@@ -869,7 +927,9 @@ class World:
         return copy.deepcopy(self.third_parties[tid])
 
     def list_third_parties(self, query: Query) -> tuple[list[Record], int]:
+        """The spec: `merchant_id` "Filter by a given merchant else use the default merchant_id"."""
         limit, offset = paging(query)
+        query = query if query.get("merchant_id") else {**query, "merchant_id": [str(DEFAULT_MERCHANT_ID)]}
         rows = select(self.third_parties.values(), query, THIRD_PARTY_FILTERS)
         return [copy.deepcopy(r) for r in window(rows, limit, offset)], len(rows)
 
@@ -905,9 +965,14 @@ class World:
             errors.append(("shipping_method_id", "does not exist"))
         if "ship_to" not in bad and isinstance(body.get("ship_to"), dict):
             errors += self._address_errors(body["ship_to"])
+        merchant = body.get("merchant_id")
+        if merchant is None:
+            merchant = existing["merchant_id"] if existing is not None else DEFAULT_MERCHANT_ID
+        if "merchant_id" not in bad and merchant not in MERCHANTS:
+            errors.append(("merchant_id", "does not exist"))
         if "items" not in bad and isinstance(body.get("items"), list):
             for item in body["items"]:
-                errors += self._item_errors(item)
+                errors += self._item_errors(item, merchant)
         return errors
 
     @staticmethod
@@ -923,7 +988,7 @@ class World:
             errors.append(("street", "can't be blank"))
         return errors
 
-    def _item_errors(self, item: Any) -> list[tuple[str, str]]:
+    def _item_errors(self, item: Any, merchant: Any = DEFAULT_MERCHANT_ID) -> list[tuple[str, str]]:
         if not isinstance(item, dict):
             return [("items", "is invalid")]
         errors = type_errors(item, ITEM_TYPES)
@@ -931,12 +996,10 @@ class World:
         for key in ("product_id", "quantity"):
             if item.get(key) is None:
                 errors.append((key, "can't be blank"))
-        if (
-            "product_id" not in bad
-            and item.get("product_id") is not None
-            and not self.product_exists(item["product_id"])
-        ):
-            errors.append(("product_id", "does not exist"))
+        if "product_id" not in bad and item.get("product_id") is not None:
+            owner = self.merchant_of(item["product_id"])
+            if owner is None or (merchant in MERCHANTS and owner != merchant):
+                errors.append(("product_id", "does not exist"))  # unknown, or another merchant's product
         if "quantity" not in bad and isinstance(item.get("quantity"), int) and item["quantity"] <= 0:
             errors.append(("quantity", "must be greater than 0"))
         return errors
@@ -950,6 +1013,7 @@ class World:
         order.update({k: copy.deepcopy(body.get(k)) for k in ORDER_RESPONSE_KEYS if k in body})
         order.update(
             {
+                "merchant_id": body.get("merchant_id") or DEFAULT_MERCHANT_ID,
                 "id": oid,
                 "state": "queue",
                 "creator_id": API_USER_ID,
@@ -2104,7 +2168,7 @@ class World:
             "inserted_at": self.seeded_at,
             "updated_at": self.seeded_at,
             "warehouses": self.warehouses(),
-            "merchants": [],
+            "merchants": [{"id": mid, "name": name} for mid, name in MERCHANTS.items()],
             "permissions": [],
             "profiles": [],
             "product_categories": [],
