@@ -23,8 +23,9 @@ Field mapping (Billbee `ArticleApiModel` → PULPO `Product`):
 
 Bundles (Billbee `Type` 2 with a `BillOfMaterial`) become a PULPO product *and* a PULPO kit of their
 components (`bundles: kit`, the default), for tenants that assemble kits (sales orders with `bundles:
-kit` name the kit; by default they ship a bundle as its components); `bundles: skip` leaves them out. Kit quantities are whole numbers in PULPO, so a bill of material
-with a fractional amount is refused here with a reason.
+kit` name the kit; by default they ship a bundle as its components); `bundles: skip` leaves them out.
+Kit quantities are whole numbers in PULPO, so a bill of material with a fractional amount is refused
+here with a reason.
 """
 
 from __future__ import annotations
