@@ -1,0 +1,48 @@
+"""The PULPO order number of a Billbee order: templates, their checks and the collision candidates (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from billbee_pulpo_pipeline.mapping import order_numbers as on
+from billbee_pulpo_pipeline.mapping.orders import order_fields
+
+FIELDS = {"billbee_order_id": "20000000000001234", "order_number": "1001", "shop_id": "20000000000000712"}
+
+
+def test_default_templates_give_the_number_then_number_and_shop_then_the_billbee_id():
+    assert on.candidates(FIELDS) == ["1001", "1001-20000000000000712", "1001-20000000000000712-20000000000001234"]
+
+
+def test_missing_number_or_shop_fall_back_to_the_billbee_id():
+    fields = {"billbee_order_id": "7", "order_number": "  ", "shop_id": None}
+    assert on.render("{OrderNumber}", fields) == "7"
+    assert on.candidates(fields) == ["7", "7-7", "7-7-7"]
+
+
+def test_custom_templates_render_every_placeholder():
+    assert on.render("BB-{BillbeeShopId}/{OrderNumber}", FIELDS) == "BB-20000000000000712/1001"
+    assert on.candidates(FIELDS, "{OrderNumber}", "{OrderNumber}-{BillbeeOrderId}")[1] == "1001-20000000000001234"
+
+
+@pytest.mark.parametrize(("template", "collision", "problem"), [
+    ("{OrderNumber}", False, None),
+    ("{OrderNumber}-{BillbeeShopId}", True, None),
+    ("BB-{BillbeeOrderId}", True, None),
+    ("{Nummer}", False, "unknown placeholder {Nummer}"),
+    ("{OrderNumber", False, "is not a valid template"),
+    ("{OrderNumber:>10}", False, "takes no format"),
+    ("{OrderNumber!r}", False, "takes no format"),
+    ("fixed", False, "has no placeholder"),
+    ("{OrderNumber}-x", True, "must contain {BillbeeShopId} or {BillbeeOrderId}"),
+])
+def test_template_problems_name_the_fault(template, collision, problem):
+    found = on.template_problem(template, collision=collision)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_order_fields_carry_shop_id_and_sorted_tags():
+    fields = order_fields({"BillBeeOrderId": 5, "OrderNumber": "A", "State": 3, "Tags": ["FBA", "B2B", "FBA"],
+                           "Seller": {"BillbeeShopId": 20000000000000712, "BillbeeShopName": "Amazon DE"}})
+    assert fields["shop_id"] == "20000000000000712" and fields["tags"] == ["B2B", "FBA"]
+    assert order_fields({"BillBeeOrderId": 5, "State": 3})["shop_id"] is None
