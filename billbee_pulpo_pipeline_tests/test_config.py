@@ -372,7 +372,8 @@ def test_secret_env_value_never_in_messages_even_when_other_fields_fail(tmp_path
      'integrations[0] "X"', "order_num_template:", "unknown placeholder {Nummer}"),
     ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, order_num_template: 'BB-{OrderNumber'}",
      'integrations[0] "X"', "order_num_template:", "is not a valid template"),
-    ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, order_num_on_collision: '{OrderNumber}-2'}",
+    ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, "
+     "order_num_on_collision: '{OrderNumber}-2'}",
      'integrations[0] "X"', "order_num_on_collision:", "must contain {BillbeeShopId} or {BillbeeOrderId}"),
     ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, require_tags: [FBA], "
      "exclude_tags: [fba]}",

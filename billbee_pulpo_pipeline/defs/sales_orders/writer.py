@@ -257,8 +257,7 @@ class OrderWriter:
         if self.dry_run:
             for job in jobs:
                 if job.action == "hold":
-                    self._plan(job, "attention", f"{job.hold_event} after it was sent to PULPO as order "
-                                                 f"{job.order_num}: {job.hold_advice}")
+                    self._plan(job, "attention", f"{job.hold_event}: {job.hold_advice}")
                     continue
                 self._plan(job, f"would {job.action}", "if PULPO still has it in queue" if job.action == "update"
                            else "")
@@ -286,9 +285,9 @@ class OrderWriter:
         out_of_scope = self._out_of_scope(job)
         create_pending = _ledger_view(ledger.get(f"order:create:{job.key}"))[0] == "pending"
         if out_of_scope and mapped is None and not create_pending and state not in self.cancel_ids:
-            return self._skip(job, out_of_scope, count="filtered")
+            return self._skip(job, f"not for this warehouse: {out_of_scope}", count="filtered")
         if state in self.import_ids and out_of_scope:
-            return self._to_hold(job, f"{_billbee_name(job)}: {out_of_scope}",
+            return self._to_hold(job, f"is no longer for this warehouse ({out_of_scope})",
                                  "cancel it in PULPO if this warehouse must not ship it")
         if state in self.import_ids:
             self.report.importable.append(job.key)
@@ -314,7 +313,7 @@ class OrderWriter:
             return True
         if state in LIFECYCLE_STATES or (mapped is None and not create_pending) or pulpo_state in PULPO_DONE:
             return self._skip(job, f"state '{_state_name(state)}' is neither an import nor a cancel state")
-        return self._to_hold(job, *_hold_reason(job, state, self.cancel_ids))
+        return self._to_hold(job, *_hold_reason(state, self.cancel_ids))
 
     # ---- scope, numbers and orders that must not ship -----------------------------------------------
 
@@ -322,11 +321,11 @@ class OrderWriter:
         """Why this warehouse does not fulfil the order (`shop_ids`, `exclude_tags`, `require_tags`), or None."""
         shop = job.fields.get("shop_id")
         if self.shop_ids and str(shop) not in self.shop_ids:
-            return f"shop {shop or '(none)'} is not in shop_ids (fulfilled elsewhere)"
+            return f"shop {shop or '(none)'} is not in shop_ids"
         tags = {str(t).casefold().strip() for t in job.fields.get("tags") or []}
         excluded = sorted(t for t in job.fields.get("tags") or [] if str(t).casefold().strip() in self.exclude_tags)
         if excluded:
-            return f"tag '{excluded[0]}' is in exclude_tags (fulfilled elsewhere)"
+            return f"tag '{excluded[0]}' is in exclude_tags"
         if self.require_tags and not tags & self.require_tags:
             return f"none of the require_tags ({', '.join(sorted(self.settings.require_tags))}) is on the order"
         return None
@@ -371,17 +370,18 @@ class OrderWriter:
             raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
         if current.state in PULPO_DONE:
             self._map(job, current.state or "")
-            self._skip(job, f"{job.hold_event}; PULPO order {job.order_num} is already {current.state}")
+            self._skip(job, f"Billbee order {job.hold_event}; PULPO order {job.order_num} is already {current.state}")
             return
         previous = ledger.get(key)
         reason = (f"{job.hold_event} after it was sent to PULPO as order {job.order_num} (state {current.state}): "
                   f"{job.hold_advice}")
-        if previous is not None and previous.status == "attention" and previous.message == reason:
+        message = f"{_billbee_name(job)} {reason}"   # the ledger's line names the order (status, checks)
+        if previous is not None and previous.status == "attention" and previous.message == message:
             self._attention(job, reason, ledger_key=None)   # already shown for this very change
             return
         self.store.ledger_begin(key, self.integration, "hold", {"pulpo_id": job.pulpo_id,
                                                                "billbee_state": job.fields.get("state")})
-        self._attention(job, reason, ledger_key=key)
+        self._attention(job, reason, ledger_key=key, message=message)
 
     def _prepare_payloads(self, jobs: list[Job]) -> None:
         """Lines, products, customers and the PULPO payload; orders that cannot go are settled here."""
@@ -737,10 +737,10 @@ class OrderWriter:
             self.report.counts[count] += 1
         return settled
 
-    def _attention(self, job: Job, reason: str, *, ledger_key: str | None) -> bool:
+    def _attention(self, job: Job, reason: str, *, ledger_key: str | None, message: str | None = None) -> bool:
         job.action = ""
         if ledger_key is not None:
-            self.store.ledger_finish(ledger_key, "attention", None, job.pulpo_id, reason)
+            self.store.ledger_finish(ledger_key, "attention", None, job.pulpo_id, message or reason)
         self.report.attention.append({"billbee_order_id": job.key, "order_num": job.order_num,
                                       "pulpo_id": job.pulpo_id or "", "reason": reason})
         if self.dry_run:
@@ -820,20 +820,17 @@ def _billbee_name(job: Job) -> str:
     return f"Billbee order {number} (id {job.key})" if number else f"Billbee order {job.key}"
 
 
-def _hold_reason(job: Job, state: Any, cancel_ids: set[int]) -> tuple[str, str]:
+def _hold_reason(state: Any, cancel_ids: set[int]) -> tuple[str, str]:
     """(what happened, what to do) for an order in PULPO whose Billbee state means it must not ship now."""
     name = _state_name(state)
     if state == 1:
-        return f"{_billbee_name(job)} went back to '{name}' (payment charge-back?)", \
-            "pause or cancel it in PULPO if it must not ship"
+        return f"went back to '{name}' (payment charge-back?)", "pause or cancel it in PULPO if it must not ship"
     if state in UNPAID_STATES:
-        return f"{_billbee_name(job)} went back to '{name}' (not paid?)", \
-            "pause or cancel it in PULPO if it must not ship"
+        return f"went back to '{name}' (not paid?)", "pause or cancel it in PULPO if it must not ship"
     if state in (6, 8) and state not in cancel_ids:
-        return f"{_billbee_name(job)} is '{name}' (not in cancel_states)", \
-            "cancel it in PULPO if it must not ship, or add the state to cancel_states"
-    return f"{_billbee_name(job)} is now '{name}', neither an import nor a cancel state", \
-        "pause or cancel it in PULPO if it must not ship"
+        return (f"is '{name}' (not in cancel_states)",
+                "cancel it in PULPO if it must not ship, or add the state to cancel_states")
+    return f"is now '{name}', neither an import nor a cancel state", "pause or cancel it in PULPO if it must not ship"
 
 
 # --------------------------------------------------------------------------------------------------
