@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import requests
 
 from billbee_pulpo_pipeline.config import load_config
 from billbee_pulpo_pipeline.defs.common import flow_for, mapping_kind
 from billbee_pulpo_pipeline.defs.crash import CRASH_ENV
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
+from billbee_pulpo_pipeline.sandboxes import credentials
 from billbee_pulpo_pipeline.state import StateStore
 from billbee_pulpo_pipeline_tests.conftest import EXAMPLE_CONFIG, PROJECT_ROOT
 from billbee_pulpo_pipeline_tests.test_orders_writing import (
@@ -89,6 +91,17 @@ def status_json(env: dict[str, str]) -> dict[str, Any]:
     return {i["slug"]: i for i in json.loads(done.stdout)["integrations"]}[GROUP]
 
 
+def pulpo_post(sandbox, path: str) -> None:
+    """A click in PULPO's UI (as the simulator, so it is not counted as the product's write)."""
+    session = requests.Session()
+    session.headers.update(credentials.SIMULATOR_HEADERS)
+    token = session.post(f"{sandbox.pulpo_url}/auth", json={
+        "grant_type": "password", "username": credentials.PULPO_USERNAME,
+        "password": credentials.PULPO_PASSWORD, "scope": "general"}, timeout=30).json()["access_token"]
+    session.headers["Authorization"] = f"Bearer {token}"
+    session.post(f"{sandbox.pulpo_url}{path}", timeout=30).raise_for_status()
+
+
 def renumber(sandbox, order_id: str, number: str) -> None:
     """An order number edited in Billbee (the sandbox's control route; the id stays)."""
     answer = sandbox.control("PUT", "billbee", f"orders/{order_id}/ordernumber", {"OrderNumber": number})
@@ -132,10 +145,12 @@ def test_charged_back_order_needs_attention_once_and_deleted_order_is_cancelled(
     fresh_world(sandbox)
     home = Path(bpp_env["BPP_HOME"])
     shop = Shop(sandbox)
-    charged_back, deleted, packed, shipped = (shop.order([(KNOWN[i % 3], 1)], number=f"CB-{i}") for i in range(4))
-    assert sync(home, shop)["created"] == 4
+    charged_back, deleted, packed, shipped, paused = (shop.order([(KNOWN[i % 3], 1)], number=f"CB-{i}")
+                                                      for i in range(5))
+    assert sync(home, shop)["created"] == 5
 
     shop.set_state(charged_back, ORDERED)          # payment charge-back: Billbee sets the order back
+    shop.set_state(paused, ORDERED)
     shop.set_state(deleted, DELETED)               # Gelöscht: a cancel state by default
     shop.set_state(packed, PACKED)                 # our own status flow's write-back: no attention
     shop.set_state(shipped, SHIPPED)
@@ -143,26 +158,32 @@ def test_charged_back_order_needs_attention_once_and_deleted_order_is_cancelled(
     assert "went back to 'Bestellt' (payment charge-back?)" in plan["plan"] and "would cancel" in plan["plan"]
     sandbox.reset_stats("pulpo")
     result = sync(home, shop)
-    assert result["attention"] == 1 and result["cancelled"] == 1 and result["skipped"] == 2
+    assert result["attention"] == 2 and result["cancelled"] == 1 and result["skipped"] == 2
     reason = (f"Billbee order CB-0 (id {charged_back}) went back to 'Bestellt' (payment charge-back?) after it was "
               "sent to PULPO as order CB-0 (state queue): pause or cancel it in PULPO if it must not ship")
     assert "| CB-0 | " in result["attention_preview"]                            # the preview cuts at 80
     assert "went back to 'Bestellt' (payment charge-back?) after it was sent to PULPO" in result["attention_preview"]
     assert ledger(home)[f"order:hold:{charged_back}"] == ("attention", reason)
     states = {k: v[0]["state"] for k, v in by_external(pulpo_orders(sandbox)).items()}
-    assert states == {charged_back: "queue", deleted: "cancelled", packed: "queue", shipped: "queue"}
+    assert states == {charged_back: "queue", deleted: "cancelled", packed: "queue", shipped: "queue",
+                      paused: "queue"}
     assert pulpo_writes(sandbox) == [f"POST /api/v1/sales/orders/{by_external(pulpo_orders(sandbox))[deleted][0]['id']}"
                                      "/cancel"]                                   # the hold wrote nothing
-    assert not any(k.startswith("order:hold:") and k != f"order:hold:{charged_back}" for k in ledger(home))
-    status = status_json(bpp_env)
-    assert [w["key"] for w in status["attention_writes"]] == [f"order:hold:{charged_back}"]
+    holds = {f"order:hold:{charged_back}", f"order:hold:{paused}"}
+    assert {k for k in ledger(home) if k.startswith("order:hold:")} == holds     # not Gepackt, not Versendet
+    assert {w["key"] for w in status_json(bpp_env)["attention_writes"]} == holds
 
     assert sync(home, shop)["attention"] == 0                                     # once per change, no noise
-    shop.set_state(charged_back, PAID)                                            # paid again: attention over
+    pulpo_post(sandbox, f"/sales/orders/{by_external(pulpo_orders(sandbox))[paused][0]['id']}/pause")  # merchant
+    shop.set_state(charged_back, PAID)                                            # paid again: attention over ...
+    shop.set_state(paused, PAID)                                                  # ... unless PULPO's is paused
     back = sync(home, shop)
     assert back["attention"] == 0 and back["records_written"] == 0
     assert ledger(home)[f"order:hold:{charged_back}"][0] == "done"
-    assert status_json(bpp_env)["attention_writes"] == []
+    assert ledger(home)[f"order:hold:{paused}"] == (
+        "attention", f"Billbee order CB-4 (id {paused}) is 'Bezahlt' again, but PULPO order CB-4 is paused: resume it "
+                     "in PULPO so it ships")
+    assert [w["key"] for w in status_json(bpp_env)["attention_writes"]] == [f"order:hold:{paused}"]
 
 
 # ---- point 7: crash recovery -----------------------------------------------------------------------

@@ -101,6 +101,7 @@ class Job:
     order_num: str = field(init=False, default="")
     hold_event: str = ""              # what happened to an order in PULPO that must not ship (action "hold")
     hold_advice: str = ""             # what the merchant should do about it
+    first_hash: str = ""              # payload hash under the first number, once a collision renumbered it
 
     def __post_init__(self) -> None:
         self.order_num = om.order_num(self.fields)
@@ -339,12 +340,27 @@ class OrderWriter:
         return True
 
     def _close_hold(self, job: Job, ledger: Mapping[str, LedgerEntry]) -> None:
-        """The order is back in an import state (and scope): its hold attention is over."""
+        """The order is back in an import state (and scope): its hold attention is over, unless the merchant
+        paused the PULPO order meanwhile (then it must be resumed to ship)."""
         key = f"order:hold:{job.key}"
-        if _ledger_view(ledger.get(key))[0] == "attention" and not self.dry_run:
-            self.store.ledger_finish(key, "done", None, job.pulpo_id,
-                                     f"Billbee order is '{_state_name(job.fields.get('state'))}' again: resume "
-                                     f"PULPO order {job.order_num} if it was paused")
+        if _ledger_view(ledger.get(key))[0] != "attention" or self.dry_run or job.pulpo_id is None:
+            return
+        try:
+            state = self.client.get_sales_order(int(job.pulpo_id)).state
+        except NotFoundError:
+            state = None
+        except TransientApiError as exc:
+            raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
+        again = f"{_billbee_name(job)} is '{_state_name(job.fields.get('state'))}' again"
+        if state == "paused":
+            self.store.ledger_begin(key, self.integration, "hold", {"pulpo_id": job.pulpo_id,
+                                                                   "billbee_state": job.fields.get("state")})
+            self.store.ledger_finish(key, "attention", None, job.pulpo_id,
+                                     f"{again}, but PULPO order {job.order_num} is paused: resume it in PULPO so it "
+                                     "ships")
+        else:
+            self.store.ledger_finish(key, "done", None, job.pulpo_id, f"{again}; PULPO order {job.order_num} is "
+                                     f"{state or 'gone'}")
 
     def _hold(self, job: Job, ledger: Mapping[str, LedgerEntry]) -> None:
         """An order in PULPO that must not ship as it is: attention once per change, no PULPO write."""
@@ -489,11 +505,13 @@ class OrderWriter:
             entry = ledger.get(job.ledger_key)
             status, request, remote_id, message = _ledger_view(entry)
             if status == "done" and remote_id:  # in PULPO and the ledger; only the mapping was lost
-                job.order_num = str(request.get("order_num") or job.order_num)
+                if request.get("order_num") and request["order_num"] != job.order_num:
+                    job.order_num = str(request["order_num"])
+                    job.set_payload(job.payload)  # type: ignore[arg-type]
                 self._adopt(job, remote_id, "adopted", sent_hash=request.get("payload_hash"))
             elif status == "pending":
                 pending.append((job, entry))  # type: ignore[arg-type]
-            elif status == "failed" and request.get("payload_hash") == job.payload_hash:
+            elif status == "failed" and job.payload_hash in (request.get("payload_hash"), request.get("first_hash")):
                 self._quarantine(job, message or "PULPO rejected the order")   # same payload: same answer
             else:
                 to_send.append(job)
@@ -504,7 +522,8 @@ class OrderWriter:
         # most `len(candidates)` rounds: never a loop).
         while to_send:
             self.store.ledger_begin_many(self.integration, [(j.ledger_key, "create", {
-                "order_num": j.order_num, "payload_hash": j.payload_hash, "lines": len(j.lines)}) for j in to_send])
+                "order_num": j.order_num, "payload_hash": j.payload_hash, "lines": len(j.lines),
+                **({"first_hash": j.first_hash} if j.first_hash else {})}) for j in to_send])
             finished: list[LedgerFinish] = []
             taken: list[Job] = []
             try:
@@ -535,6 +554,7 @@ class OrderWriter:
             return False
         self.log.info(f"order number {job.order_num} is used in PULPO by another order ({found.id}); Billbee order "
                       f"{job.key} goes as {later[0]}")
+        job.first_hash = job.first_hash or job.payload_hash   # a refusal of all numbers is not resent as is
         job.order_num = later[0]
         job.set_payload(job.payload)  # type: ignore[arg-type]
         return True
