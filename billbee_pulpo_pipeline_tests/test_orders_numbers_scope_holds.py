@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 import requests
 
 from billbee_pulpo_pipeline.config import load_config
@@ -111,7 +112,15 @@ def renumber(sandbox, order_id: str, number: str) -> None:
 # ---- point 5: order numbers ------------------------------------------------------------------------
 
 
-def test_same_number_in_three_places_each_order_lands_once_under_its_own_number(sandbox, bpp_env):
+@pytest.fixture(params=["has already been taken", "must be unique"])
+def taken_message(request, sandbox):
+    """PULPO's words for a used order_num (the spec leaves them open): both must lead to a number apart."""
+    sandbox.control("PUT", "pulpo", "sales/taken_message", {"message": request.param})
+    yield request.param
+    sandbox.control("PUT", "pulpo", "sales/taken_message", {"message": None})
+
+
+def test_same_number_in_three_places_each_order_lands_once_under_its_own_number(sandbox, bpp_env, taken_message):
     fresh_world(sandbox)
     home = Path(bpp_env["BPP_HOME"])
     shop = Shop(sandbox)

@@ -102,6 +102,7 @@ class Job:
     hold_event: str = ""              # what happened to an order in PULPO that must not ship (action "hold")
     hold_advice: str = ""             # what the merchant should do about it
     first_hash: str = ""              # payload hash under the first number, once a collision renumbered it
+    refusal: str = ""                 # PULPO's words when it refused the order number
 
     def __post_init__(self) -> None:
         self.order_num = om.order_num(self.fields)
@@ -538,8 +539,9 @@ class OrderWriter:
         next number, when there is one)."""
         found = self._find(job.order_num)
         if found is None:
-            self.store.ledger_finish(job.ledger_key, "failed", message="order_num taken")
-            self._quarantine(job, f"PULPO says order number {job.order_num} is taken but cannot find it")
+            self.store.ledger_finish(job.ledger_key, "failed", message="order_num refused")
+            self._quarantine(job, f"PULPO refused order number {job.order_num} ({job.refusal}) but has no order "
+                                  "with it: check the number in Billbee and order_num_template")
             return False
         if str(found.external_order_num or "") == job.key:   # our own earlier create (a race or a crash)
             self._found(job, found, job.payload_hash)
@@ -627,8 +629,9 @@ class OrderWriter:
             if remote_id is not None:
                 finished.append(LedgerFinish(job.ledger_key, "done", {"id": remote_id}, str(remote_id)))
                 self._adopt(job, str(remote_id), "created")
-            elif "taken" in str(field_errors.get("order_num", "")):
-                taken.append(job)
+            elif _number_refused(field_errors.get("order_num")):
+                job.refusal = str(field_errors.get("order_num"))
+                taken.append(job)   # "has already been taken" (or PULPO's other words for it): looked up
             elif reason == "no result from PULPO":
                 self._fail(job, reason)     # left 'pending': the next run looks it up before creating
             else:
@@ -800,6 +803,14 @@ class OrderWriter:
                                                [k for k in self.settled if k in self.open_quarantine],
                                                kind=QUARANTINE_KIND)
         self._reset_buffers()
+
+
+def _number_refused(message: Any) -> bool:
+    """PULPO's field error on order_num means "in use" unless it says the number is missing or malformed.
+    The spec does not fix the wording ("has already been taken" in the sandbox): any other message is
+    checked by a look-up, which tells ours, another order's and a real refusal apart."""
+    text = str(message or "").casefold()
+    return bool(text) and not any(word in text for word in ("blank", "invalid", "too long", "format"))
 
 
 def _unique_batches(jobs: list[Job], size: int) -> Iterator[list[Job]]:

@@ -64,6 +64,8 @@ Control routes (besides those of `common.py`):
     GET  /__sandbox/world          counts of products, orders per state, boxes, trackings, stock records
     POST /__sandbox/tokens/expire  expire every issued token (the next call gets 401)
     POST /__sandbox/auth/unban     lift token-storm bans
+    PUT  /__sandbox/sales/taken_message  {"message": "must be unique"}: PULPO's words for a used order_num
+                                   (the spec leaves them open; null restores "has already been taken")
 """
 
 from __future__ import annotations
@@ -296,6 +298,12 @@ class PulpoSandbox(SandboxApp):
             self.tokens.clear()
             return ok({"expired": expired})
 
+        async def taken_message(request: Request) -> Response:
+            params = json.loads(await request.body() or b"{}")
+            if "message" in params:   # null restores the default
+                self.world.order_num_taken_message = str(params["message"] or type(self.world).order_num_taken_message)
+            return ok({"message": self.world.order_num_taken_message})
+
         async def unban(_: Request) -> Response:
             self.bans.clear()
             self.token_times.clear()
@@ -306,6 +314,7 @@ class PulpoSandbox(SandboxApp):
             Route("/__sandbox/world", world, methods=["GET"]),
             Route("/__sandbox/tokens/expire", expire_tokens, methods=["POST"]),
             Route("/__sandbox/auth/unban", unban, methods=["POST"]),
+            Route("/__sandbox/sales/taken_message", taken_message, methods=["GET", "PUT"]),
         ]
 
     # ---- auth ------------------------------------------------------------------------------------
