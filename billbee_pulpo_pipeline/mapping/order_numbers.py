@@ -25,7 +25,6 @@ from typing import Any
 PLACEHOLDERS = ("OrderNumber", "BillbeeShopId", "BillbeeOrderId")
 DEFAULT_TEMPLATE = "{OrderNumber}"
 DEFAULT_ON_COLLISION = "{OrderNumber}-{BillbeeShopId}"
-MAX_LENGTH = 255   # PULPO documents no limit; longer numbers are a typo in a template, not a plan
 
 
 def template_problem(template: str, *, collision: bool = False) -> str | None:
