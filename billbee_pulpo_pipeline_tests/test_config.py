@@ -113,7 +113,7 @@ def test_example_loads_with_sandbox_env_and_matches_the_guide():
     assert pulpo.warehouse_id == 1
     orders = config.integration("Verkaufsaufträge").settings
     assert [s.name for s in orders.import_states] == ["Bezahlt"]
-    assert orders.cancel_state_ids == [8]
+    assert orders.cancel_state_ids == [8, 6]                   # Storniert and Gelöscht
     assert config.integration("Status updates").settings.packed_state.id == 13
 
 
@@ -368,6 +368,16 @@ def test_secret_env_value_never_in_messages_even_when_other_fields_fail(tmp_path
      'integrations[0] "X"', "customer:", "'none', 'fallback' or 'per_customer'"),
     ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, cancel_states: [Bezahlt]}",
      'integrations[0] "X"', "cancel_states:", "import and a cancel state"),
+    ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, order_num_template: 'BB-{Nummer}'}",
+     'integrations[0] "X"', "order_num_template:", "unknown placeholder {Nummer}"),
+    ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, order_num_template: 'BB-{OrderNumber'}",
+     'integrations[0] "X"', "order_num_template:", "is not a valid template"),
+    ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, "
+     "order_num_on_collision: '{OrderNumber}-2'}",
+     'integrations[0] "X"', "order_num_on_collision:", "must contain {BillbeeShopId} or {BillbeeOrderId}"),
+    ("{name: X, type: sales_orders, source: billbee-shop, target: pulpo-wms, require_tags: [FBA], "
+     "exclude_tags: [fba]}",
+     'integrations[0] "X"', "require_tags:", "fba cannot be required and excluded"),
     ("{name: X, type: products, source: billbee-shop, target: pulpo-wms, titel_language: en}",
      'integrations[0] "X"', "titel_language:", "did you mean 'title_language'"),
     ("{name: X, type: products, source: billbee-shop, target: pulpo-wms, bundles: explode}",
@@ -647,9 +657,12 @@ def test_defaults_for_every_type(tmp_path):
     products = config.integration("P").settings
     assert (products.title_language, products.deactivate_removed, products.bundles) == ("de", True, "kit")
     orders = config.integration("O").settings
-    assert orders.import_state_ids == [3] and orders.cancel_state_ids == [8]
+    assert orders.import_state_ids == [3] and orders.cancel_state_ids == [8, 6]   # Storniert, Gelöscht
     assert (orders.customer, orders.fallback_customer_id, orders.skip_coupon_lines,
             orders.lookback_hours) == ("none", None, True, 24)
+    assert (orders.order_num_template, orders.order_num_on_collision) == ("{OrderNumber}",
+                                                                         "{OrderNumber}-{BillbeeShopId}")
+    assert (orders.shop_ids, orders.exclude_tags, orders.require_tags) == ([], [], [])
     assert orders.shipping_method_map == []
     updates = config.integration("U").settings
     assert updates.packed_state.name == "Gepackt" and updates.ended_state is None

@@ -31,6 +31,7 @@ from pydantic import (
 
 from billbee_pulpo_pipeline.clients.billbee.states import DEFAULT_RESERVING_STATES, state_id, state_name
 from billbee_pulpo_pipeline.clients.http import check_base_url
+from billbee_pulpo_pipeline.mapping import order_numbers
 
 IntegrationType = Literal[
     "products", "sales_orders", "status_updates", "stock", "shipping_labels", "shipments"
@@ -314,8 +315,9 @@ class SalesOrdersSettings(_Model):
         description="Billbee order states (names or ids) whose orders are transferred to PULPO.",
     )
     cancel_states: list[OrderState] = Field(
-        default_factory=lambda: _states("Storniert"),
-        description="Billbee order states (names or ids) that cancel the PULPO order; empty = never cancel.",
+        default_factory=lambda: _states("Storniert", "Gelöscht"),
+        description="Billbee order states (names or ids) that cancel the PULPO order; empty = never cancel. An "
+        "imported order moved to any other state that must not ship (e.g. back to Bestellt) needs attention.",
     )
     shipping_method_map: list[ShippingMethodRule] = Field(
         default_factory=list,
@@ -347,6 +349,32 @@ class SalesOrdersSettings(_Model):
         description="How far back the first run reads orders (hours, 1-720); later runs continue from "
         "their cursor.",
     )
+    order_num_template: str = Field(
+        order_numbers.DEFAULT_TEMPLATE,
+        description="PULPO order number of an imported order; placeholders {OrderNumber}, {BillbeeShopId}, "
+        "{BillbeeOrderId}.",
+    )
+    order_num_on_collision: str = Field(
+        order_numbers.DEFAULT_ON_COLLISION,
+        description="PULPO order number when the first is already used by another Billbee order (another "
+        "shop); must contain {BillbeeShopId} or {BillbeeOrderId}. If that is taken too, -{BillbeeOrderId} "
+        "is appended.",
+    )
+    shop_ids: list[Id] = Field(
+        default_factory=list,
+        description="Billbee shop ids (Seller.BillbeeShopId) whose orders this warehouse fulfils; empty = all "
+        "shops. Orders of other shops are skipped with the reason.",
+    )
+    exclude_tags: list[str] = Field(
+        default_factory=list,
+        description="Billbee order tags (case-insensitive) that keep an order out of PULPO, e.g. FBA or "
+        "Dropshipping; such orders are skipped with the reason.",
+    )
+    require_tags: list[str] = Field(
+        default_factory=list,
+        description="If set, only orders carrying at least one of these Billbee tags (case-insensitive) go to "
+        "PULPO; others are skipped with the reason.",
+    )
 
     @property
     def import_state_ids(self) -> list[int]:
@@ -363,6 +391,15 @@ class SalesOrdersSettings(_Model):
             raise FieldError("cancel_states", f"{', '.join(overlap)} cannot be an import and a cancel state")
         if self.customer == "fallback" and self.fallback_customer_id is None:
             raise FieldError("fallback_customer_id", "required when customer is 'fallback'")
+        for name, collision in (("order_num_template", False), ("order_num_on_collision", True)):
+            problem = order_numbers.template_problem(getattr(self, name), collision=collision)
+            if problem:
+                raise FieldError(name, problem)
+        if self.order_num_template.strip() == self.order_num_on_collision.strip():
+            raise FieldError("order_num_on_collision", "must differ from order_num_template")
+        clash = sorted({t.casefold() for t in self.exclude_tags} & {t.casefold() for t in self.require_tags})
+        if clash:
+            raise FieldError("require_tags", f"{', '.join(clash)} cannot be required and excluded")
         seen: set[tuple[Any, Any]] = set()
         for rule in self.shipping_method_map:
             match = (rule.billbee_provider, rule.billbee_product)

@@ -3,7 +3,9 @@ and the pure mapping to PULPO's `SalesOrderBodyRequest` (no I/O, no Dagster).
 
 Linkage: `external_order_num` = str(BillBeeOrderId), which never changes; `order_num` = Billbee's
 `OrderNumber` (what the warehouse sees on its screens), or the Billbee id when the marketplace gave
-no number. PULPO keeps `order_num` unique, which is what makes a retried create safe.
+no number; the writer renders it from `order_num_template` and, when another shop's order already
+has it, `order_num_on_collision` (`order_numbers.py`), and keeps the number sent for good. PULPO keeps
+`order_num` unique, which is what makes a retried create safe.
 
 Lines: each to the PULPO `product_id` of the Billbee article it is linked to (`Product.BillbeeId`),
 by SKU only when it has no linked article; bundle lines ship as their components (setting `bundles`).
@@ -114,6 +116,8 @@ def order_fields(order: Order | Mapping[str, Any]) -> dict[str, Any]:
         "state": _get(order, "State"),
         "last_modified_at": _modified(order),
         "shop": _get(order, "ApiAccountName") or _get(seller, "BillbeeShopName"),
+        "shop_id": _str_id(_get(seller, "BillbeeShopId")) if seller is not None else None,
+        "tags": sorted({str(t) for t in _get(order, "Tags") or [] if t is not None}),
         "customer": _customer(order),
         "shipping_address": _address(order),
         "lines": _lines(order),
@@ -282,7 +286,8 @@ def ship_to(fields: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def order_num(fields: Mapping[str, Any]) -> str:
-    """Billbee's order number, or the Billbee id when the marketplace delivered none."""
+    """Billbee's order number, or the Billbee id when the marketplace delivered none. The writer may send
+    another number (templates, collisions: `order_numbers.py`); the one sent is in the order mapping."""
     return _text(fields.get("order_number")) or str(fields["billbee_order_id"])
 
 

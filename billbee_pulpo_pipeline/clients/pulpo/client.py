@@ -27,9 +27,9 @@ import base64
 import logging
 import mimetypes
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -390,6 +390,18 @@ class PulpoClient(SessionClient):
         matches = [order for order in self._iterate("/sales/orders", "sales_orders", SalesOrder,
                                                     {"order_num": wanted}) if order.order_num == wanted]
         return next((order for order in matches if self.owns(order)), matches[0] if matches else None)
+
+    def find_sales_orders_by_external_order_num(self, external_order_nums: Collection[str],
+                                                 inserted_since: datetime) -> dict[str, SalesOrder]:
+        """external_order_num -> order, among the orders inserted since `inserted_since` (UTC). The spec has
+        no `external_order_num` filter, so the scan is bounded by `inserted_at=gte:` and matched here."""
+        wanted = {str(n) for n in external_order_nums}
+        stamp = inserted_since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        found: dict[str, SalesOrder] = {}
+        for order in self._iterate("/sales/orders", "sales_orders", SalesOrder, {"inserted_at": f"gte:{stamp}"}):
+            if order.external_order_num is not None and str(order.external_order_num) in wanted:
+                found.setdefault(str(order.external_order_num), order)
+        return found
 
     def get_sales_order(self, sales_order_id: int) -> SalesOrder:
         return self._one(SalesOrder, "GET", f"/sales/orders/{sales_order_id}", "sales_order")

@@ -7,20 +7,31 @@ for a product, rejected by PULPO, unusable lines) and orders a transient error s
 so every run re-evaluates them without anyone's help; their PULPO write is not repeated while the
 payload PULPO refused is unchanged (the ledger remembers it), so a rerun sends no needless write.
 
-What per order (settings `import_states`, `cancel_states`):
+What per order (settings `import_states`, `cancel_states`, `shop_ids`, `exclude_tags`, `require_tags`):
+- not for this warehouse (another shop, an excluded tag, no required tag), not in PULPO → skipped with
+  the reason (counted as 'filtered'), never created;
 - import state, not in PULPO → create (`POST /sales/bulk/orders` in batches of unique order numbers,
-  per-item outcomes; a single order goes to `POST /sales/orders`);
+  per-item outcomes; a single order goes to `POST /sales/orders`) under the number of
+  `order_num_template`; a number PULPO says is taken by another Billbee order is retried under
+  `order_num_on_collision`, then with the Billbee id appended (`mapping/order_numbers.py`);
 - import state, in PULPO, PULPO payload changed → update while PULPO's order is `queue`, else the
   ledger says 'attention' ("not updatable: PULPO order is in state X");
 - cancel state, in PULPO → `POST /sales/orders/{id}/cancel`; 422 (ended) → 'attention' with PULPO's
   message, the run goes on;
-- anything else → skipped (counted).
+- in PULPO (not ended or cancelled there) and now in a state that must not ship (back to Bestellt
+  after a charge-back, a dunning state, Gelöscht when it is no cancel state, ...) or newly out of this
+  warehouse's scope (an excluded tag) → 'attention' (ledger `order:hold:<id>`) naming the PULPO order
+  and what to do; nothing is written to PULPO. Back in an import state, the entry is closed;
+- the normal lifecycle after the import (Gepackt, Versendet, Im Fulfillment, Abgeschlossen, Archiviert,
+  Bewertet, Reklamation, Retoure), the states our own flows set → skipped (counted).
 
 Exactly once: every write is framed by the ledger (`order:create:<id>`, `order:cancel:<id>`,
 `order:update:<id>:<payload hash>`). A create whose ledger entry is still 'pending' (the process died
-between PULPO's answer and the record) is looked up by `order_num` first and adopted when its
-`external_order_num` is ours; a number taken by a different Billbee order goes to quarantine. PULPO
-keeps `order_num` unique, so even two runs racing cannot create an order twice.
+between PULPO's answer and the record) is looked up by the `order_num` it was sent with (stored in the
+ledger before the call, whatever the Billbee number is now), then among the orders PULPO inserted since
+by `external_order_num` = Billbee id, and adopted when found. The number sent is kept in the order
+mapping and sent on every update. PULPO keeps `order_num` unique, so even two runs racing cannot create
+an order twice.
 
 Test hook: with env `BPP_TEST_CRASH_AFTER=create|cancel|update` the process exits (code 137, like
 SIGKILL) right after that PULPO write and before its ledger record. Only the crash tests set it.
@@ -31,7 +42,7 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -52,10 +63,17 @@ from billbee_pulpo_pipeline.defs.common import (
 )
 from billbee_pulpo_pipeline.defs.crash import crash_point
 from billbee_pulpo_pipeline.defs.sales_orders.lines import Hit, LineResolver
+from billbee_pulpo_pipeline.mapping import order_numbers
 from billbee_pulpo_pipeline.mapping import orders as om
 from billbee_pulpo_pipeline.state import IdMapping, LedgerEntry, LedgerFinish, StateStore
 
 ORDERS = "billbee_orders"
+# Billbee states an imported order normally reaches after the import (our status, label and shipment flows
+# set Gepackt and Versendet; Billbee and the marketplaces the rest): no attention when an order gets there.
+LIFECYCLE_STATES = frozenset({4, 5, 7, 9, 10, 13, 16, 17})  # Versendet .. Retoure, Gepackt, Im Fulfillment
+UNPAID_STATES = frozenset({1, 2, 11, 12, 14, 15})  # Bestellt, Bestätigt, dunning, Angeboten, reminder
+PULPO_DONE = frozenset({"ended", "cancelled"})
+SCAN_MARGIN = timedelta(hours=3)  # PULPO's inserted_at may be local time: scan from well before the create
 PROCESSED = "pulpo_orders_processed"
 WRITER = "pulpo_sales_orders"
 CHECK = "importable_orders_accounted_for"
@@ -82,13 +100,18 @@ class Job:
     payload: dict[str, Any] | None = None
     payload_hash: str = ""            # fingerprint of `payload`: what PULPO has when the mapping says so
     order_num: str = field(init=False, default="")
+    hold_event: str = ""              # what happened to an order in PULPO that must not ship (action "hold")
+    hold_advice: str = ""             # what the merchant should do about it
+    first_hash: str = ""              # payload hash under the first number, once a collision renumbered it
+    refusal: str = ""                 # PULPO's words when it refused the order number
 
     def __post_init__(self) -> None:
         self.order_num = om.order_num(self.fields)
 
     def set_payload(self, payload: dict[str, Any]) -> None:
-        self.payload = payload
-        self.payload_hash = fingerprint(payload)
+        # The writer chooses the number (template, collision, the one PULPO already has); stamped here.
+        self.payload = {**payload, "order_num": self.order_num}
+        self.payload_hash = fingerprint(self.payload)
 
     @property
     def ledger_key(self) -> str:
@@ -101,8 +124,8 @@ class Job:
 class Report:
     read: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("created", "adopted", "cancelled", "updated", "unchanged", "attention", "skipped", "quarantined",
-         "failed"), 0))
+        ("created", "adopted", "cancelled", "updated", "unchanged", "attention", "skipped", "filtered",
+         "quarantined", "failed"), 0))
     quarantine: list[dict[str, str]] = field(default_factory=list)
     attention: list[dict[str, str]] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -114,7 +137,7 @@ class Report:
         written = c["created"] + c["cancelled"] + c["updated"]
         return write_metadata(
             count_metadata(records_read=self.read, records_written=written,
-                           records_skipped=c["skipped"] + c["unchanged"], **c),
+                           records_skipped=c["skipped"] + c["unchanged"] + c["filtered"], **c),
             dry_run=dry_run, failures=self.failures, plan=self.plan,
             quarantine=self.quarantine, attention=self.attention)
 
@@ -150,6 +173,9 @@ class OrderWriter:
         self.customer_kind = mapping_kind("customer", flow)
         self.import_ids = set(self.settings.import_state_ids)
         self.cancel_ids = set(self.settings.cancel_state_ids)
+        self.shop_ids = {str(i) for i in self.settings.shop_ids}
+        self.exclude_tags = {t.casefold().strip() for t in self.settings.exclude_tags}
+        self.require_tags = {t.casefold().strip() for t in self.settings.require_tags}
         self.warehouse_id = int(flow.target.warehouse_id)  # type: ignore[attr-defined]
         # Lines → PULPO products by Billbee article (the products flow's data), never written back.
         self.lines = LineResolver(ArticleCatalog(flow, store), self._lookup_product, self.settings.bundles,
@@ -226,12 +252,16 @@ class OrderWriter:
         payloads = self.store.snapshot_rows(self.flow.dataset(ORDERS), [k for k, _ in chunk])
         jobs = [Job(key, h, om.fields_from_payload(payloads[key])) for key, h in chunk if key in payloads]
         mapped = self.store.get_mappings(self.order_kind, [j.key for j in jobs])
-        ledger = self.store.ledger_get_many([f"order:{a}:{j.key}" for j in jobs for a in ("create", "cancel")])
+        ledger = self.store.ledger_get_many([f"order:{a}:{j.key}" for j in jobs
+                                             for a in ("create", "cancel", "hold")])
         jobs = [j for j in jobs if self._classify(j, mapped.get(j.key), ledger)]
         self._prepare_payloads([j for j in jobs if j.action in ("create", "update")])
         jobs = [j for j in jobs if j.action]
         if self.dry_run:
             for job in jobs:
+                if job.action == "hold":
+                    self._plan(job, "attention", f"{job.hold_event}: {job.hold_advice}")
+                    continue
                 self._plan(job, f"would {job.action}", "if PULPO still has it in queue" if job.action == "update"
                            else "")
             return
@@ -242,6 +272,8 @@ class OrderWriter:
                 self._cancel(job, ledger)
             elif job.action == "update":
                 self._update(job, ledger)
+            elif job.action == "hold":
+                self._hold(job, ledger)
 
     # ---- what to do with an order -------------------------------------------------------------------
 
@@ -250,9 +282,19 @@ class OrderWriter:
         state = job.fields.get("state")
         if mapped is not None:
             job.pulpo_id, job.mapped_extra = mapped.pulpo_id, mapped.extra or {}
+        # The number PULPO has is kept for good; a new order starts with the template's.
+        job.order_num = str(job.mapped_extra.get("order_num") or self._numbers(job)[0])
         pulpo_state = job.mapped_extra.get("state")
+        out_of_scope = self._out_of_scope(job)
+        create_pending = _ledger_view(ledger.get(f"order:create:{job.key}"))[0] == "pending"
+        if out_of_scope and mapped is None and not create_pending and state not in self.cancel_ids:
+            return self._skip(job, f"not for this warehouse: {out_of_scope}", count="filtered")
+        if state in self.import_ids and out_of_scope:
+            return self._to_hold(job, f"is no longer for this warehouse ({out_of_scope})",
+                                 "cancel it in PULPO if this warehouse must not ship it")
         if state in self.import_ids:
             self.report.importable.append(job.key)
+            self._close_hold(job, ledger)
             if mapped is None:
                 job.action = "create"
             elif pulpo_state == "cancelled":
@@ -272,7 +314,92 @@ class OrderWriter:
                 return self._skip(job, "already cancelled in PULPO")
             job.action = "cancel"
             return True
-        return self._skip(job, f"state '{_state_name(state)}' is neither an import nor a cancel state")
+        if state in LIFECYCLE_STATES or (mapped is None and not create_pending) or pulpo_state in PULPO_DONE:
+            return self._skip(job, f"state '{_state_name(state)}' is neither an import nor a cancel state")
+        return self._to_hold(job, *_hold_reason(state, self.cancel_ids))
+
+    # ---- scope, numbers and orders that must not ship -----------------------------------------------
+
+    def _out_of_scope(self, job: Job) -> str | None:
+        """Why this warehouse does not fulfil the order (`shop_ids`, `exclude_tags`, `require_tags`), or None."""
+        shop = job.fields.get("shop_id")
+        if self.shop_ids and str(shop) not in self.shop_ids:
+            return f"shop {shop or '(none)'} is not in shop_ids"
+        tags = {str(t).casefold().strip() for t in job.fields.get("tags") or []}
+        excluded = sorted(t for t in job.fields.get("tags") or [] if str(t).casefold().strip() in self.exclude_tags)
+        if excluded:
+            return f"tag '{excluded[0]}' is in exclude_tags"
+        if self.require_tags and not tags & self.require_tags:
+            return f"none of the require_tags ({', '.join(sorted(self.settings.require_tags))}) is on the order"
+        return None
+
+    def _numbers(self, job: Job) -> list[str]:
+        return order_numbers.candidates(job.fields, self.settings.order_num_template,
+                                        self.settings.order_num_on_collision)
+
+    def _to_hold(self, job: Job, event: str, advice: str) -> bool:
+        job.action, job.hold_event, job.hold_advice = "hold", event, advice
+        return True
+
+    def _close_hold(self, job: Job, ledger: Mapping[str, LedgerEntry]) -> None:
+        """The order is back in an import state (and scope): its hold attention is over, unless the merchant
+        paused the PULPO order meanwhile (then it must be resumed to ship)."""
+        key = f"order:hold:{job.key}"
+        if _ledger_view(ledger.get(key))[0] != "attention" or self.dry_run or job.pulpo_id is None:
+            return
+        try:
+            state = self.client.get_sales_order(int(job.pulpo_id)).state
+        except NotFoundError:
+            state = None
+        except TransientApiError as exc:
+            raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
+        again = f"{_billbee_name(job)} is '{_state_name(job.fields.get('state'))}' again"
+        if state == "paused":
+            self.store.ledger_begin(key, self.integration, "hold", {"pulpo_id": job.pulpo_id,
+                                                                   "billbee_state": job.fields.get("state")})
+            self.store.ledger_finish(key, "attention", None, job.pulpo_id,
+                                     f"{again}, but PULPO order {job.order_num} is paused: resume it in PULPO so it "
+                                     "ships")
+        else:
+            self.store.ledger_finish(key, "done", None, job.pulpo_id, f"{again}; PULPO order {job.order_num} is "
+                                     f"{state or 'gone'}")
+
+    def _hold(self, job: Job, ledger: Mapping[str, LedgerEntry]) -> None:
+        """An order in PULPO that must not ship as it is: attention once per change, no PULPO write."""
+        key = f"order:hold:{job.key}"
+        if job.pulpo_id is None:   # a create crashed before its record: is it in PULPO?
+            create = ledger.get(f"order:create:{job.key}")
+            found = self._find_created(job, create)
+            if found is None:
+                self.store.ledger_finish(f"order:create:{job.key}", "skipped",
+                                         message="not in PULPO; left the import states before it was created")
+                self._skip(job, "not in PULPO")
+                return
+            self.store.ledger_finish(f"order:create:{job.key}", "done", {"id": found.id, "adopted": True},
+                                     str(found.id))
+            job.pulpo_id, job.order_num = str(found.id), str(found.order_num or job.order_num)
+            self._map(job, found.state or "queue", (create.request or {}).get("payload_hash") if create else None)
+        try:
+            current = self.client.get_sales_order(int(job.pulpo_id))
+        except NotFoundError:
+            self._skip(job, f"PULPO has no order {job.pulpo_id} any more")
+            return
+        except TransientApiError as exc:
+            raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
+        if current.state in PULPO_DONE:
+            self._map(job, current.state or "")
+            self._skip(job, f"Billbee order {job.hold_event}; PULPO order {job.order_num} is already {current.state}")
+            return
+        previous = ledger.get(key)
+        reason = (f"{job.hold_event} after it was sent to PULPO as order {job.order_num} (state {current.state}): "
+                  f"{job.hold_advice}")
+        message = f"{_billbee_name(job)} {reason}"   # the ledger's line names the order (status, checks)
+        if previous is not None and previous.status == "attention" and previous.message == message:
+            self._attention(job, reason, ledger_key=None)   # already shown for this very change
+            return
+        self.store.ledger_begin(key, self.integration, "hold", {"pulpo_id": job.pulpo_id,
+                                                               "billbee_state": job.fields.get("state")})
+        self._attention(job, reason, ledger_key=key, message=message)
 
     def _prepare_payloads(self, jobs: list[Job]) -> None:
         """Lines, products, customers and the PULPO payload; orders that cannot go are settled here."""
@@ -364,60 +491,116 @@ class OrderWriter:
 
     def _creates(self, jobs: list[Job], ledger: Mapping[str, LedgerEntry]) -> None:
         to_send: list[Job] = []
+        pending: list[tuple[Job, LedgerEntry]] = []
         for job in jobs:
-            status, request, remote_id, message = _ledger_view(ledger.get(job.ledger_key))
+            entry = ledger.get(job.ledger_key)
+            status, request, remote_id, message = _ledger_view(entry)
             if status == "done" and remote_id:  # in PULPO and the ledger; only the mapping was lost
+                if request.get("order_num") and request["order_num"] != job.order_num:
+                    job.order_num = str(request["order_num"])
+                    job.set_payload(job.payload)  # type: ignore[arg-type]
                 self._adopt(job, remote_id, "adopted", sent_hash=request.get("payload_hash"))
             elif status == "pending":
-                if not self._recover(job, request.get("payload_hash")):  # crash between PULPO's answer
-                    to_send.append(job)                                   # and the ledger record
-            elif status == "failed" and request.get("payload_hash") == job.payload_hash:
+                pending.append((job, entry))  # type: ignore[arg-type]
+            elif status == "failed" and job.payload_hash in (request.get("payload_hash"), request.get("first_hash")):
                 self._quarantine(job, message or "PULPO rejected the order")   # same payload: same answer
             else:
                 to_send.append(job)
-        # One ledger transaction for all creates of the chunk before the first call and one after the
-        # last: a crash in between leaves them 'pending', and the next run looks each one up first.
-        self.store.ledger_begin_many(self.integration, [(j.ledger_key, "create", {
-            "order_num": j.order_num, "payload_hash": j.payload_hash, "lines": len(j.lines)}) for j in to_send])
-        finished: list[LedgerFinish] = []
-        taken: list[Job] = []
-        try:
-            for batch in _unique_batches(to_send, BULK_SIZE):
-                self._create_batch(batch, finished, taken)
-        finally:
-            self.store.ledger_finish_many(finished)
-        for job in taken:  # our own earlier create, or another Billbee order's number
-            found = self._find(job)
-            if found is None:
-                self.store.ledger_finish(job.ledger_key, "failed", message="order_num taken")
-                self._quarantine(job, f"PULPO says order number {job.order_num} is taken but cannot find it")
-            else:
-                self._found(job, found, job.payload_hash)
+        to_send += self._recover(pending)   # a crash between PULPO's answer and the ledger record
+        # Each round: one ledger transaction for all creates before the first call (with the number sent)
+        # and one after the last; a crash in between leaves them 'pending', and the next run looks each one
+        # up first. Numbers another Billbee order has taken go round again under the next candidate (at
+        # most `len(candidates)` rounds: never a loop).
+        while to_send:
+            self.store.ledger_begin_many(self.integration, [(j.ledger_key, "create", {
+                "order_num": j.order_num, "payload_hash": j.payload_hash, "lines": len(j.lines),
+                **({"first_hash": j.first_hash} if j.first_hash else {})}) for j in to_send])
+            finished: list[LedgerFinish] = []
+            taken: list[Job] = []
+            try:
+                for batch in _unique_batches(to_send, BULK_SIZE):
+                    self._create_batch(batch, finished, taken)
+            finally:
+                self.store.ledger_finish_many(finished)
+            to_send = [job for job in taken if self._taken(job)]
 
-    def _recover(self, job: Job, sent_hash: str | None) -> bool:
-        """After a crash: adopt the order if PULPO has it. False when PULPO has no such order."""
-        found = self._find(job)
+    def _taken(self, job: Job) -> bool:
+        """PULPO says the job's number is taken: ours (adopt), or another order's (True: retry under the
+        next number, when there is one)."""
+        found = self._find(job.order_num)
         if found is None:
+            self.store.ledger_finish(job.ledger_key, "failed", message="order_num refused")
+            self._quarantine(job, f"PULPO refused order number {job.order_num} ({job.refusal}) but has no order "
+                                  "with it: check the number in Billbee and order_num_template")
             return False
-        self._found(job, found, sent_hash)
+        if str(found.external_order_num or "") == job.key:   # our own earlier create (a race or a crash)
+            self._found(job, found, job.payload_hash)
+            return False
+        numbers = self._numbers(job)
+        later = numbers[numbers.index(job.order_num) + 1:] if job.order_num in numbers else []
+        if not later:
+            reason = (f"order numbers {', '.join(numbers)} are all used in PULPO by other orders (the last by order "
+                      f"{found.id}, external_order_num {found.external_order_num}): rename one of them in PULPO")
+            self.store.ledger_finish(job.ledger_key, "failed", None, str(found.id), reason)
+            self._quarantine(job, reason)
+            return False
+        self.log.info(f"order number {job.order_num} is used in PULPO by another order ({found.id}); Billbee order "
+                      f"{job.key} goes as {later[0]}")
+        job.first_hash = job.first_hash or job.payload_hash   # a refusal of all numbers is not resent as is
+        job.order_num = later[0]
+        job.set_payload(job.payload)  # type: ignore[arg-type]
         return True
 
-    def _find(self, job: Job) -> SalesOrder | None:
+    def _recover(self, pending: list[tuple[Job, LedgerEntry]]) -> list[Job]:
+        """After a crash: adopt each order PULPO has; the ones it does not have are returned (to create)."""
+        if not pending:
+            return []
+        found = self._find_created_many([(job, entry) for job, entry in pending])
+        missing = []
+        for job, entry in pending:
+            order = found.get(job.key)
+            if order is None:
+                missing.append(job)
+            else:
+                self._found(job, order, (entry.request or {}).get("payload_hash"))
+        return missing
+
+    def _find_created(self, job: Job, entry: LedgerEntry | None) -> SalesOrder | None:
+        return self._find_created_many([(job, entry)]).get(job.key) if entry is not None else None
+
+    def _find_created_many(self, pending: Sequence[tuple[Job, LedgerEntry]]) -> dict[str, SalesOrder]:
+        """Billbee id -> the PULPO order a crashed create made: by the number it was sent with (the ledger's,
+        never the current Billbee number), else among the orders PULPO inserted since by external_order_num
+        (one scan for all: PULPO has no filter for it)."""
+        found: dict[str, SalesOrder] = {}
+        for job, entry in pending:
+            sent = (entry.request or {}).get("order_num") or job.order_num
+            order = self._find(str(sent))
+            if order is not None and str(order.external_order_num or "") == job.key:
+                found[job.key] = order
+        rest = [(job, entry) for job, entry in pending if job.key not in found]
+        if rest:
+            since = min(entry.updated_at for _, entry in rest) - SCAN_MARGIN
+            try:
+                found.update(self.client.find_sales_orders_by_external_order_num([j.key for j, _ in rest], since))
+            except TransientApiError as exc:
+                raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
+        return found
+
+    def _find(self, order_num: str) -> SalesOrder | None:
         try:
-            return self.client.find_sales_order_by_order_num(job.order_num)
+            return self.client.find_sales_order_by_order_num(order_num)
         except TransientApiError as exc:
             raise Halt(f"PULPO order lookup failed: {exc.reason}") from exc
 
     def _found(self, job: Job, order: SalesOrder, sent_hash: str | None) -> None:
-        """PULPO has an order with our order number: ours (adopt) or another Billbee order's."""
-        if str(order.external_order_num or "") == job.key:
-            self.store.ledger_finish(job.ledger_key, "done", {"id": order.id, "adopted": True}, str(order.id))
-            self._adopt(job, str(order.id), "adopted", state=order.state, sent_hash=sent_hash)
-            return
-        reason = (f"order number {job.order_num} is already used in PULPO by order {order.id} "
-                  f"(external_order_num {order.external_order_num}): rename one of them")
-        self.store.ledger_finish(job.ledger_key, "failed", None, str(order.id), reason)
-        self._quarantine(job, reason)
+        """Adopt our own order found in PULPO (its number is the one PULPO has, kept from now on)."""
+        if order.order_num and str(order.order_num) != job.order_num:
+            job.order_num = str(order.order_num)
+            if job.payload is not None:
+                job.set_payload(job.payload)   # compare what PULPO got with what we would send now
+        self.store.ledger_finish(job.ledger_key, "done", {"id": order.id, "adopted": True}, str(order.id))
+        self._adopt(job, str(order.id), "adopted", state=order.state, sent_hash=sent_hash)
 
     def _create_batch(self, batch: list[Job], finished: list[LedgerFinish], taken: list[Job]) -> None:
         """Send one batch; ledger outcomes go to `finished`, number conflicts to `taken`."""
@@ -436,8 +619,9 @@ class OrderWriter:
             if remote_id is not None:
                 finished.append(LedgerFinish(job.ledger_key, "done", {"id": remote_id}, str(remote_id)))
                 self._adopt(job, str(remote_id), "created")
-            elif "taken" in str(field_errors.get("order_num", "")):
-                taken.append(job)
+            elif _number_refused(field_errors.get("order_num")):
+                job.refusal = str(field_errors.get("order_num"))
+                taken.append(job)   # "has already been taken" (or PULPO's other words for it): looked up
             elif reason == "no result from PULPO":
                 self._fail(job, reason)     # left 'pending': the next run looks it up before creating
             else:
@@ -469,15 +653,15 @@ class OrderWriter:
     def _cancel(self, job: Job, ledger: Mapping[str, LedgerEntry]) -> None:
         status, _, _, message = _ledger_view(ledger.get(job.ledger_key))
         if job.pulpo_id is None:   # not mapped: in PULPO only if a create crashed before its record
-            found = self._find(job)
             create_key = f"order:create:{job.key}"
-            if found is None or str(found.external_order_num or "") != job.key:
+            found = self._find_created(job, ledger.get(create_key))
+            if found is None:
                 self.store.ledger_finish(create_key, "skipped",
                                          message="not in PULPO; cancelled in Billbee before it was created")
                 self._skip(job, "not in PULPO")
                 return
             self.store.ledger_finish(create_key, "done", {"id": found.id, "adopted": True}, str(found.id))
-            job.pulpo_id = str(found.id)
+            job.pulpo_id, job.order_num = str(found.id), str(found.order_num or job.order_num)
             self._map(job, found.state or "queue")
         if status == "done":
             self._map(job, "cancelled")
@@ -556,16 +740,20 @@ class OrderWriter:
         self.settled.append(job.key)
         return False
 
-    def _skip(self, job: Job, reason: str) -> bool:
+    def _skip(self, job: Job, reason: str, *, count: str = "skipped") -> bool:
         job.action = ""
         if self.dry_run:
             self._plan(job, "skip", reason)
-        return self._settle(job, "skipped", reason=reason)
+        settled = self._settle(job, "skipped", reason=reason)
+        if count != "skipped":   # recorded as skipped with its reason, counted apart
+            self.report.counts["skipped"] -= 1
+            self.report.counts[count] += 1
+        return settled
 
-    def _attention(self, job: Job, reason: str, *, ledger_key: str | None) -> bool:
+    def _attention(self, job: Job, reason: str, *, ledger_key: str | None, message: str | None = None) -> bool:
         job.action = ""
         if ledger_key is not None:
-            self.store.ledger_finish(ledger_key, "attention", None, job.pulpo_id, reason)
+            self.store.ledger_finish(ledger_key, "attention", None, job.pulpo_id, message or reason)
         self.report.attention.append({"billbee_order_id": job.key, "order_num": job.order_num,
                                       "pulpo_id": job.pulpo_id or "", "reason": reason})
         if self.dry_run:
@@ -606,6 +794,14 @@ class OrderWriter:
         self._reset_buffers()
 
 
+def _number_refused(message: Any) -> bool:
+    """PULPO's field error on order_num means "in use" unless it says the number is missing or malformed.
+    The spec does not fix the wording ("has already been taken" in the sandbox): any other message is
+    checked by a look-up, which tells ours, another order's and a real refusal apart."""
+    text = str(message or "").casefold()
+    return bool(text) and not any(word in text for word in ("blank", "invalid", "too long", "format"))
+
+
 def _unique_batches(jobs: list[Job], size: int) -> Iterator[list[Job]]:
     """Batches without a repeated order number, so each bulk outcome belongs to one order."""
     waiting = list(jobs)
@@ -637,6 +833,24 @@ def _skipped_with_reason(processed_payload: str | None) -> bool:
 
 def _state_name(state: Any) -> str:
     return ORDER_STATES.get(state, str(state)) if isinstance(state, int) else str(state)
+
+
+def _billbee_name(job: Job) -> str:
+    number = job.fields.get("order_number")
+    return f"Billbee order {number} (id {job.key})" if number else f"Billbee order {job.key}"
+
+
+def _hold_reason(state: Any, cancel_ids: set[int]) -> tuple[str, str]:
+    """(what happened, what to do) for an order in PULPO whose Billbee state means it must not ship now."""
+    name = _state_name(state)
+    if state == 1:
+        return f"went back to '{name}' (payment charge-back?)", "pause or cancel it in PULPO if it must not ship"
+    if state in UNPAID_STATES:
+        return f"went back to '{name}' (not paid?)", "pause or cancel it in PULPO if it must not ship"
+    if state in (6, 8) and state not in cancel_ids:
+        return (f"is '{name}' (not in cancel_states)",
+                "cancel it in PULPO if it must not ship, or add the state to cancel_states")
+    return f"is now '{name}', neither an import nor a cancel state", "pause or cancel it in PULPO if it must not ship"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ Control routes besides the common ones (see `common.py`):
     GET  /__sandbox/summary                      counts: products, orders, overlay, shipments, start time
     POST /__sandbox/orders/{id}/touch            bump an order's LastModifiedAt (as an edit in the UI would)
     PUT  /__sandbox/orders/{id}/packagetype      {"assigned": true} lets DHL Express labels succeed for it
+    PUT  /__sandbox/orders/{id}/ordernumber      {"OrderNumber": "…"}: renumber an order, as an edit in the UI
     POST /__sandbox/reset                        {seed, products, orders, marketplace_skus}: rebuild the world
                                                  (marketplace_skus: the first line of Amazon orders is sold
                                                  under a seller SKU, AMZ-<article SKU>; off by default)
@@ -399,6 +400,11 @@ class BillbeeSandbox(SandboxApp):
                 {"BillBeeOrderId": order["BillBeeOrderId"], "LastModifiedAt": order["LastModifiedAt"]}
             )
 
+        async def order_number(request: Request) -> Response:
+            body = await read_object(request)
+            order = self._call(self.world.set_order_number, _path_int(request), body.get_str("OrderNumber") or "")
+            return json_response({"BillBeeOrderId": order["BillBeeOrderId"], "OrderNumber": order["OrderNumber"]})
+
         async def package_type(request: Request) -> Response:
             body = await read_object(request)
             self._call(self.world.set_package_type, _path_int(request), body.get_bool("assigned", True))
@@ -417,6 +423,7 @@ class BillbeeSandbox(SandboxApp):
             Route("/__sandbox/summary", self._guard(summary), methods=["GET"]),
             Route("/__sandbox/orders/{id}/touch", self._guard(touch), methods=["POST"]),
             Route("/__sandbox/orders/{id}/packagetype", self._guard(package_type), methods=["PUT"]),
+            Route("/__sandbox/orders/{id}/ordernumber", self._guard(order_number), methods=["PUT"]),
         ]
 
     @staticmethod

@@ -1172,6 +1172,16 @@ class World:
         self._touch(row)
         return row.data
 
+    def set_order_number(self, order_id: int, number: str) -> dict[str, Any]:
+        """A renumbered order (an edit in the Billbee UI; PATCH /orders/{id} in the spec): the id stays."""
+        row = self._row_for_change(order_id)
+        old = row.data.get("OrderNumber")
+        row.data["OrderNumber"] = number
+        if number:
+            self.ext_refs.setdefault(number, order_id)
+        self._touch(row, f"Auftragsnummer von {old} auf {number} geändert")
+        return row.data
+
     def set_package_type(self, order_id: int, assigned: bool) -> None:
         row = self._row_for_change(order_id)
         row.package_type = assigned

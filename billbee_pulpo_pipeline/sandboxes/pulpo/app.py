@@ -75,6 +75,8 @@ Control routes (besides those of `common.py`):
     POST /__sandbox/tokens/expire  expire every issued token (the next call gets 401)
     POST /__sandbox/auth/unban     lift token-storm bans
     GET|PUT /__sandbox/behaviour   the spec-gap knobs above, e.g. {"product_barcodes_on_update": "merge"}
+    PUT  /__sandbox/sales/taken_message  {"message": "must be unique"}: PULPO's words for a used order_num
+                                   (the spec leaves them open; null restores "has already been taken")
 """
 
 from __future__ import annotations
@@ -308,6 +310,12 @@ class PulpoSandbox(SandboxApp):
             self.tokens.clear()
             return ok({"expired": expired})
 
+        async def taken_message(request: Request) -> Response:
+            params = json.loads(await request.body() or b"{}")
+            if "message" in params:   # null restores the default
+                self.world.order_num_taken_message = str(params["message"] or type(self.world).order_num_taken_message)
+            return ok({"message": self.world.order_num_taken_message})
+
         async def unban(_: Request) -> Response:
             self.bans.clear()
             self.token_times.clear()
@@ -328,6 +336,7 @@ class PulpoSandbox(SandboxApp):
             Route("/__sandbox/tokens/expire", expire_tokens, methods=["POST"]),
             Route("/__sandbox/auth/unban", unban, methods=["POST"]),
             Route("/__sandbox/behaviour", behaviour, methods=["GET", "PUT"]),
+            Route("/__sandbox/sales/taken_message", taken_message, methods=["GET", "PUT"]),
         ]
 
     # ---- auth ------------------------------------------------------------------------------------

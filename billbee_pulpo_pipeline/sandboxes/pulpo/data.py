@@ -464,6 +464,9 @@ def _bump(counter: dict[int, int], key: int, delta: int) -> None:
 class World:
     """All state of one PULPO tenant; methods raise `PulpoError` with PULPO's error bodies."""
 
+    # PULPO's words for a used order_num; the spec does not fix them (knob: PUT /__sandbox/sales/taken_message).
+    order_num_taken_message: str = "has already been taken"
+
     def __init__(self, seed: int = 1, products: int = 0, stock: bool = True) -> None:
         self.reset(seed=seed, products=products, stock=stock)
 
@@ -949,7 +952,7 @@ class World:
             and order_num in self.order_nums
             and (existing is None or self.order_nums[order_num] != existing["id"])
         ):
-            errors.append(("order_num", "has already been taken"))
+            errors.append(("order_num", self.order_num_taken_message))
         wh = body.get("warehouse_id")
         if "warehouse_id" not in bad and wh is not None and wh not in self.stock:
             errors.append(("warehouse_id", "does not exist"))
