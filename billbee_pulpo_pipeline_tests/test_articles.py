@@ -173,7 +173,9 @@ def test_a_line_without_sku_goes_by_its_linked_article():
     assert selection.skipped == 1 and selection.problem is None        # the weightless fee line is left out
     lines, asked = resolver({})
     assert [(x.sku, x.product_id) for x in lines.resolve(selection.lines)] == [("SHIRT-RED", 501)]  # type: ignore[union-attr]
-    assert lines.resolve([line("55", "", 1)]) == "waiting for product Billbee article 55" and asked == []
+    assert lines.resolve([line("55", "", 1)]) == ("waiting for product Billbee article 55 (the line has no SKU and "
+                                                  "the products integration has not read the article yet)")
+    assert asked == []
     unlinked = {"lines": [{"position": "3", "sku": "", "billbee_product_id": None, "quantity": 1, "weight_g": 250}]}
     assert om.select_lines(unlinked).problem == ("position 3 has no SKU: the warehouse cannot tell which article "
                                                  "to pick; give the article a SKU in Billbee")

@@ -99,6 +99,9 @@ class Part:
     def label(self) -> str:
         """How the merchant finds it: the SKU, what it was sold as, the article when not known locally."""
         text = self.sku or (f"Billbee article {self.article_id}" if self.article_id else "a line without SKU")
+        if not self.sku and self.article_id:   # nothing to create or find it by: say what the merchant can do
+            return text + (" (it has no SKU: give the article a SKU in Billbee)" if self.known else
+                           " (the line has no SKU and the products integration has not read the article yet)")
         notes = []
         if self.sold_as:
             notes.append(f"sold as {self.sold_as}")
