@@ -364,8 +364,8 @@ class SalesOrdersSettings(_Model):
     )
     start_date: datetime | None = Field(
         None,
-        description="First hour of the hourly order windows (ISO date or date-time, UTC); empty = the hour the "
-        "integration was first loaded (its go-live, kept in BPP_HOME/go_live/).",
+        description="First hour of the hourly order windows (ISO date or date-time, UTC); empty = the hour "
+        "before the integration was first loaded (its go-live, kept in BPP_HOME/go_live/).",
     )
 
     @field_validator("start_date")

@@ -2,7 +2,7 @@
 
 Dagster needs the partitions when it loads the definitions, before any run, and that must not open
 DuckDB (a code server, a daemon and runs load them at once). So go-live is a marker file,
-`$BPP_HOME/go_live/<integration slug>`, holding the hour the integration's definitions were first
+`$BPP_HOME/go_live/<integration slug>`, holding the hour before the integration's definitions were first
 loaded: the partitions page then shows real gaps since go-live, not hundreds of hours that were never
 meant to be read. Orders older than go-live are the first state sweep's backlog, not windows.
 
@@ -46,7 +46,9 @@ def go_live(home: Path, slug: str, *, create: bool = True, now: datetime | None 
             logger.warning("go-live marker %s is unreadable; writing it again", path)
     if not create:
         return None
-    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    # The hour before the first load: a first sync just after the turn of an hour still has the hour
+    # that just ended (orders paid in its last minutes), and a run scheduled for it can never miss its partition.
+    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     if (Path(home) / DB_FILE_NAME).exists():
         moment = legacy_start(now)
     try:

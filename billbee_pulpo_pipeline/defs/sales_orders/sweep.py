@@ -44,7 +44,6 @@ from billbee_pulpo_pipeline.defs.sales_orders.assets import ORDERS, page_storer
 from billbee_pulpo_pipeline.defs.sales_orders.windows import WindowRead, WindowReadError, read_complete_window, utc_now
 from billbee_pulpo_pipeline.defs.sales_orders.writer import WRITER, OrderWriter, ordered_before
 from billbee_pulpo_pipeline.defs.write_behind import WriteBehind
-from billbee_pulpo_pipeline.mapping.orders import order_fields
 from billbee_pulpo_pipeline.progress import Progress
 from billbee_pulpo_pipeline.state import StateStore
 
@@ -102,10 +101,11 @@ class MissedOrders:
 
     def judge(self, orders: list[Order]) -> None:
         wanted = {}
-        for order in orders:
-            fields = order_fields(order)
-            if fields["state"] in self.import_ids and not ordered_before(fields, self.settings.import_since):
-                wanted[fields["billbee_order_id"]] = fields
+        for order in orders:  # only the fields needed here: this runs on every page, while the pacer waits
+            fields = {"created_at": order.CreatedAt.isoformat() if order.CreatedAt else None,
+                      "order_number": order.OrderNumber}
+            if order.State in self.import_ids and not ordered_before(fields, self.settings.import_since):
+                wanted[str(order.BillBeeOrderId)] = fields
         self.found.update(wanted)
         keys = [k for k in wanted if k not in self.missed]
         mapped = self.store.get_mappings(self.order_kind, keys)
