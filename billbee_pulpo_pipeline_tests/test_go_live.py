@@ -25,7 +25,7 @@ from billbee_pulpo_pipeline.clients.billbee.filter_zone import (
     send_low,
     wall_readings,
 )
-from billbee_pulpo_pipeline.config import load_config
+from billbee_pulpo_pipeline.config import ConfigError, load_config
 from billbee_pulpo_pipeline.defs.common import flow_for, mapping_kind
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
 from billbee_pulpo_pipeline.defs.filter_zone import detected_zone
@@ -336,3 +336,48 @@ def test_go_live_imports_every_paid_order_however_old_except_before_import_since
         assert outcome["result"] == "skipped" and "before import_since" in outcome["reason"]
         sweeps = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=SWEEP_KEY), limit=10).records
         assert len(sweeps) == 2  # the dry run and the go-live sweep; the later sync did not sweep again
+
+
+# ---- the sweep's automation and the sandbox knob ----------------------------------------------------
+
+
+def test_the_sweep_sensor_runs_at_go_live_then_waits_sweep_minutes(bpp_env, tmp_path):
+    config = load_config(write_config(tmp_path, sweep_minutes=60))
+    defs = build_definitions(config, Path(bpp_env["BPP_HOME"]))
+    sensor = defs.resolve_sensor_def(f"{GROUP}_state_sweep")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    with dg.instance_for_test() as instance:
+        first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        [request] = first.run_requests  # never swept: the go-live backlog at once
+        assert request.run_key.startswith("sweep:") and request.tags["bpp/trigger"] == "state_sweep"
+        assert defs.resolve_job_def(f"{GROUP}_sweep_job").asset_layer.selected_asset_keys == {SWEEP_KEY}
+        instance.report_runless_asset_event(dg.AssetMaterialization(SWEEP_KEY))
+        later = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        assert not later.run_requests and "next after 60 min" in later.skip_message
+    # the window job never includes the sweep (a partitioned run of the group stays a window run)
+    assert SWEEP_KEY not in defs.resolve_job_def(f"{GROUP}_job").asset_layer.selected_asset_keys
+    with pytest.raises(ConfigError, match="whole hours"):
+        load_config(write_config(tmp_path, sweep_minutes=90))
+
+
+def test_the_sandbox_reads_date_filters_as_berlin_wall_time_only_when_told(tmp_path):
+    from billbee_pulpo_pipeline.sandboxes.runner import SandboxProcess
+
+    with SandboxProcess(products=10, orders=696, throttle=False, filter_dates_as="Europe/Berlin") as box:
+        assert box.set_config("billbee")["filter_dates_as"] == "Europe/Berlin"
+        client = BillbeeClient(box.billbee_url, credentials.BILLBEE_USERNAME, credentials.BILLBEE_API_PASSWORD,
+                               credentials.BILLBEE_API_KEY, rate_per_endpoint=0, rate_per_user=0)
+        newest = client.get_order(ORDER_ID_BASE + 695).LastModifiedAt  # one historic order per hour
+        low, high = newest - timedelta(minutes=30), newest + timedelta(minutes=30)
+        shift = BERLIN.utcoffset(newest.replace(tzinfo=None))
+        asked_in_utc = [o.BillBeeOrderId for o in client.iter_orders(modified_at_min=low, modified_at_max=high)]
+        assert asked_in_utc == [ORDER_ID_BASE + 695 - int(shift.total_seconds() // 3600)]  # an hour (or two) early
+        client.filter_timezone = "Europe/Berlin"
+        assert [o.BillBeeOrderId for o in client.iter_orders(modified_at_min=low, modified_at_max=high)] == [
+            ORDER_ID_BASE + 695]
+        assert box.set_config("billbee", filter_dates_as=None)["filter_dates_as"] is None
+        client.filter_timezone = "UTC"
+        assert [o.BillBeeOrderId for o in client.iter_orders(modified_at_min=low, modified_at_max=high)] == [
+            ORDER_ID_BASE + 695]
+        with pytest.raises(requests.HTTPError):
+            box.set_config("billbee", filter_dates_as="America/New_York")
