@@ -15,6 +15,14 @@
     noop_resync_200k              second product sync of 200,000 products, throttling off: wall, CPU,
                                   peak RSS, PULPO writes (must be 0)
     billbee_calls_per_order_tick  Billbee calls of an order tick with 0, 10 and 1,000 changed orders
+    golive_backlog_10k            the first run (go-live state sweep + PULPO writer) against 10,000 orders in
+                                  Bezahlt last changed up to 60 days ago, throttling on: imported (distinct
+                                  Billbee orders in PULPO), duplicates, ratio = wall ÷ (40 pages ÷ 2 req/s),
+                                  throttled_429 (targets: 10,000, 0, <= 1.10, 0)
+    sweep_cost                    Billbee calls per hour the state sweep adds for a shop with 1,000 orders a
+                                  day (30,000 orders over 30 days, paid ones packed within hours): GET /orders
+                                  requests the sandbox served per steady-state sweep × sweeps per hour at the
+                                  default sweep_minutes (calls_per_hour, target <= 2)
     extract_vs_dlt                our Billbee product snapshot (the `billbee_products` asset) against dlt's
                                   `rest_api` source configured as dlt's docs recommend (page-number
                                   paginator on Paging.TotalPages, data selector Data, DuckDB destination,
@@ -288,7 +296,8 @@ def fig__flow_sync() -> dict[str, Any]:
     selection = dg.AssetSelection.groups(group)
     if os.environ.get("BENCH_ASSET"):
         selection = dg.AssetSelection.assets(dg.AssetKey([group, os.environ["BENCH_ASSET"]]))
-    partition = time.strftime("%Y-%m-%d-%H:00", time.gmtime()) if group == "auftraege" else None
+    sweep = os.environ.get("BENCH_ASSET") == "billbee_open_import_orders"
+    partition = time.strftime("%Y-%m-%d-%H:00", time.gmtime()) if group == "auftraege" and not sweep else None
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     result = dg.materialize(list(defs.assets), selection=selection, resources=build_resources(config, home),
                             instance=dg.DagsterInstance.ephemeral(), partition_key=partition, raise_on_error=False)
@@ -389,6 +398,69 @@ def fig_billbee_calls_per_order_tick() -> dict[str, Any]:
     return {"calls_by_changed_orders": calls, "target": {"0": 1, "10": 1, "1000": 4}}
 
 
+SWEEP_ASSET = "billbee_open_import_orders"
+
+
+def pulpo_external_numbers(sandbox: SandboxProcess) -> list[str]:
+    """`external_order_num` of every PULPO sales order (read as the simulator: not counted as ours)."""
+    import requests
+
+    session = requests.Session()
+    session.headers.update(creds.SIMULATOR_HEADERS)
+    token = session.post(f"{sandbox.pulpo_url}/auth", json={
+        "grant_type": "password", "username": creds.PULPO_USERNAME, "password": creds.PULPO_PASSWORD,
+        "scope": "general"}, timeout=60).json()["access_token"]
+    session.headers["Authorization"] = f"Bearer {token}"
+    numbers: list[str] = []
+    while True:
+        page = session.get(f"{sandbox.pulpo_url}/sales/orders", params={"limit": 100, "offset": len(numbers)},
+                           timeout=120).json()
+        numbers += [str(row.get("external_order_num")) for row in page["sales_orders"]]
+        if len(numbers) >= page["total_results"] or not page["sales_orders"]:
+            return numbers
+
+
+def fig_golive_backlog_10k() -> dict[str, Any]:
+    orders = 10_000
+    with SandboxProcess(products=2_000, orders=orders, throttle=True, history_days=60, only_state=3) as sandbox, \
+            tempfile.TemporaryDirectory() as tmp:
+        flow_sync(sandbox, Path(tmp), "produkte", throttled=True)  # products first, as in production
+        sandbox.reset_stats("billbee")
+        sandbox.reset_stats("pulpo")
+        run = flow_sync(sandbox, Path(tmp), "auftraege", throttled=True, asset=SWEEP_ASSET)
+        billbee = sandbox.stats("billbee")
+        pages = billbee["requests"].get("GET /api/v1/orders", 0)
+        numbers = pulpo_external_numbers(sandbox)
+        sweep = run.get("assets", {}).get(SWEEP_ASSET, {})
+        bound = -(-orders // 250) / 2.0
+        return {"imported": len(set(numbers)), "duplicates": len(numbers) - len(set(numbers)),
+                "ratio": round(run["wall_s"] / bound, 3), "throttled_429": billbee["throttled_429"],
+                "orders_in_bezahlt": orders, "quarantined": sweep.get("quarantined"), "backlog": sweep.get("backlog"),
+                "billbee_pages": pages, "wall_s": run["wall_s"], "bound_s": bound,
+                "pulpo_calls": sweep.get("pulpo_calls"), "ok": run.get("ok")}
+
+
+def fig_sweep_cost() -> dict[str, Any]:
+    from billbee_pulpo_pipeline.config.models import SalesOrdersSettings
+
+    per_hour = 60 / SalesOrdersSettings().sweep_minutes
+    # 1,000 orders a day for 30 days; the newest ~4 hours (167 orders) are mostly open, older ones shipped
+    with SandboxProcess(products=2_000, orders=30_000, recent_orders=167, throttle=True) as sandbox, \
+            tempfile.TemporaryDirectory() as tmp:
+        flow_sync(sandbox, Path(tmp), "produkte", throttled=True)
+        first = flow_sync(sandbox, Path(tmp), "auftraege", throttled=True, asset=SWEEP_ASSET)  # go-live backlog
+        calls = []
+        for _ in range(3):  # steady state: three sweeps, each counted at the sandbox
+            sandbox.reset_stats("billbee")
+            run = flow_sync(sandbox, Path(tmp), "auftraege", throttled=True, asset=SWEEP_ASSET)
+            calls.append(sum(sandbox.stats("billbee")["requests"].values()))
+        sweep = run.get("assets", {}).get(SWEEP_ASSET, {})
+        return {"calls_per_hour": round(max(calls) * per_hour, 2), "calls_per_sweep": calls,
+                "sweeps_per_hour": per_hour, "orders_in_import_states": sweep.get("in_import_states"),
+                "go_live_backlog": first.get("assets", {}).get(SWEEP_ASSET, {}).get("backlog"),
+                "sweep_recovered": sweep.get("sweep_recovered"), "ok": bool(first.get("ok") and run.get("ok"))}
+
+
 def chaos_summary(report: Any) -> dict[str, Any]:
     return {"ok": report.ok, "minutes": round(report.wall_seconds / 60, 1), "syncs": dict(report.syncs),
             "faults": report.faults, "world": dict(report.world), "provoked_429_faults_off": report.provoked_429,
@@ -435,6 +507,8 @@ FIGURES = {
     "order_import_10k_ratio": fig_order_import_10k_ratio,
     "noop_resync_200k": fig_noop_resync_200k,
     "billbee_calls_per_order_tick": fig_billbee_calls_per_order_tick,
+    "golive_backlog_10k": fig_golive_backlog_10k,
+    "sweep_cost": fig_sweep_cost,
     "extract_vs_dlt": fig_extract_vs_dlt,
     "stock_sync_200k_1pct": lambda: __import__("stock_bench").fig_stock_sync_200k_1pct(),  # benchmarks/stock_bench.py
     # status_latency_p95_s and label_latency_p95_s from one 6-minute demo run (benchmarks/latency_bench.py)

@@ -20,6 +20,8 @@ from billbee_pulpo_pipeline.config import BillbeeCredential, Credential, Integra
 from billbee_pulpo_pipeline.defs.common import SYNC_ORDER, flow_for
 from billbee_pulpo_pipeline.defs.factory import build_definitions, build_resources
 from billbee_pulpo_pipeline.defs.sales_orders.automation import windows_to_sync
+from billbee_pulpo_pipeline.defs.sales_orders.go_live import with_go_live
+from billbee_pulpo_pipeline.defs.sales_orders.sweep import SWEEP, sweep_due
 from billbee_pulpo_pipeline.state import StateStore
 
 
@@ -110,6 +112,7 @@ def default_instance() -> dg.DagsterInstance:
 def run_sync(config: IntegrationConfig, home: Path, names: Sequence[str] = (),
              instance: dg.DagsterInstance | None = None) -> list[IntegrationSummary]:
     """Materialize each selected integration's asset group once, in dependency order."""
+    config = with_go_live(config, home)
     defs = build_definitions(config, home)
     assets = list(defs.assets or [])
     resources = build_resources(config, home)
@@ -117,10 +120,10 @@ def run_sync(config: IntegrationConfig, home: Path, names: Sequence[str] = (),
     summaries = []
     for integration in select_integrations(config, names):
         summary = None
-        for partition in partitions_to_sync(config, integration, home):
+        for selection, partition in runs_to_sync(config, integration, home):
             with stdout_to_stderr():
                 result = dg.materialize(
-                    assets, selection=dg.AssetSelection.groups(integration.slug), resources=resources,
+                    assets, selection=selection, resources=resources,
                     instance=instance, partition_key=partition, raise_on_error=False,
                     tags={"integration": integration.slug, "launched_by": "billbee-pulpo sync"},
                 )
@@ -130,11 +133,17 @@ def run_sync(config: IntegrationConfig, home: Path, names: Sequence[str] = (),
     return summaries
 
 
-def partitions_to_sync(config: IntegrationConfig, integration: Integration, home: Path) -> list[str | None]:
-    """One unpartitioned run, or for sales orders the windows not read to their end and the current one."""
+def runs_to_sync(config: IntegrationConfig, integration: Integration,
+                 home: Path) -> list[tuple[dg.AssetSelection, str | None]]:
+    """The runs of one sync: the integration's group once; for sales orders the state sweep when it is due
+    (always at go-live: the backlog), then the windows not read to their end and the current one."""
+    group = dg.AssetSelection.groups(integration.slug)
     if integration.type != "sales_orders":
-        return [None]
-    return list(windows_to_sync(flow_for(integration, config), StateStore(home)))
+        return [(group, None)]
+    flow, store = flow_for(integration, config), StateStore(home)
+    sweep = dg.AssetSelection.assets(flow.key(SWEEP))
+    runs: list[tuple[dg.AssetSelection, str | None]] = [(sweep, None)] if sweep_due(store, flow) else []
+    return [*runs, *((group, key) for key in windows_to_sync(flow, store))]
 
 
 def summarise(integration: Integration, result: dg.ExecuteInProcessResult,

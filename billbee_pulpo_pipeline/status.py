@@ -21,6 +21,7 @@ from billbee_pulpo_pipeline.clients.billbee.client import account_fingerprint
 from billbee_pulpo_pipeline.clients.usage import AccountUsage, month_of, read_usage
 from billbee_pulpo_pipeline.config import BillbeeCredential, IntegrationConfig
 from billbee_pulpo_pipeline.defs.common import Flow, flow_for
+from billbee_pulpo_pipeline.defs.sales_orders.go_live import with_go_live
 from billbee_pulpo_pipeline.state import DB_FILE_NAME, StateStore
 
 FREE_CALLS_PER_MONTH = 100_000
@@ -324,6 +325,7 @@ def collect_status(config: IntegrationConfig, home: Path, now: datetime | None =
     """The status of every configured integration, in config order; reads local files only."""
     now = now or datetime.now(UTC)
     store = StateStore(home) if (home / DB_FILE_NAME).exists() else None   # never create one just to look
+    config = with_go_live(config, home, create=False)
     try:
         integrations = [integration_status(flow_for(i, config), store, now) for i in config.integrations]
     finally:

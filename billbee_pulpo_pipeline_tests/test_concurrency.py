@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from billbee_pulpo_pipeline_tests.conftest import PROJECT_ROOT
@@ -54,6 +55,10 @@ def test_six_integrations_and_a_backfill_at_once_never_fail_on_the_state_store(s
     config = tmp_path / "all.yaml"
     config.write_text(CONFIG)
     env = {**bpp_env, "BPP_CONFIG": str(config)}
+    # An install live for a day (partitions start at go-live, issue 11): the backfilled hours are partitions.
+    went_live = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
+    (Path(env["BPP_HOME"]) / "go_live").mkdir(parents=True, exist_ok=True)
+    (Path(env["BPP_HOME"]) / "go_live" / "verkaufsauftraege").write_text(went_live.isoformat() + "\n")
     cli = [sys.executable, "-m", "billbee_pulpo_pipeline.cli", "sync", "--json"]
     first = subprocess.run([*cli, "Produkte"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
                            timeout=300)

@@ -47,6 +47,7 @@ from billbee_pulpo_pipeline.defs.sales_orders.automation import (
     PARTITION_TAG,
     latest_read_until,
 )
+from billbee_pulpo_pipeline.defs.sales_orders.go_live import with_go_live
 from billbee_pulpo_pipeline.defs.sales_orders.windows import HOUR, ended_windows, floor_hour
 from billbee_pulpo_pipeline.sandboxes import credentials
 from billbee_pulpo_pipeline.sandboxes.credentials import sandbox_env
@@ -92,6 +93,11 @@ def homes(world: SandboxProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (dagster_home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
     config = tmp_path / "integrations.yaml"
     config.write_text(CONFIG)
+    # The integration went live two days ago (partitions start at go-live, issue 11): the 24 windows
+    # before the restart are its partitions.
+    went_live = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
+    (tmp_path / "bpp" / "go_live").mkdir(parents=True)
+    (tmp_path / "bpp" / "go_live" / ORDERS_SLUG).write_text(went_live.isoformat() + "\n")
     env = {**sandbox_env(world.billbee_url, world.pulpo_url), "BPP_HOME": str(tmp_path / "bpp"),
            "BPP_CONFIG": str(config), "DAGSTER_HOME": str(dagster_home)}
     for key, value in env.items():
@@ -257,6 +263,7 @@ def check_orders(env: dict[str, str], low: datetime, high: datetime) -> str:
 def test_six_hours_of_daemon_downtime_are_filled_by_the_gap_filler_without_loss_or_double(world, homes, tmp_path):
     home, config_path = Path(homes["BPP_HOME"]), Path(homes["BPP_CONFIG"])
     config = load_config(config_path)
+    config = with_go_live(config, home)
     flow = flow_for(next(i for i in config.integrations if i.type == "sales_orders"), config)
     asset_key = flow.key(ORDERS)
     first_start = partitions_for(flow).start.astimezone(UTC)

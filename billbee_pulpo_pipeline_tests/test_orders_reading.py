@@ -280,8 +280,9 @@ class Reader:
                                 resources=self.resources, run_config=run_config,
                                 selection=[self.flow.key("billbee_orders")])
         assert result.success
-        [check] = result.get_asset_check_evaluations()
-        assert check.passed and check.check_name == "window_read_consistent"
+        checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+        assert set(checks) == {"window_read_consistent", "billbee_date_filter_matches"}
+        assert all(c.passed for c in checks.values())  # consistent, and every order inside its range
         [event] = result.get_asset_materialization_events()
         return {k: v.value for k, v in event.materialization.metadata.items()}
 

@@ -22,6 +22,7 @@ import sys
 import urllib.parse
 import zlib
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -179,6 +180,11 @@ def test_no_secret_in_anything_written_after_a_chaos_run(bpp_env, chaos, tmp_pat
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML.format(base_dir=dagster_home / "compute_logs"))
     config_path = six_type_config(tmp_path / "integrations.yaml")
+    # An install live for two days (partitions start at go-live, issue 11): the first sync reads the 24
+    # windows of the lookback, enough Billbee calls for the faults to hit.
+    went_live = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
+    (bpp_home / "go_live").mkdir(parents=True, exist_ok=True)
+    (bpp_home / "go_live" / "verkaufsauftraege").write_text(went_live.isoformat() + "\n")
     env = {**bpp_env, "DAGSTER_HOME": str(dagster_home), "BPP_CONFIG": str(config_path)}
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     monkeypatch.setenv("BPP_CONFIG", str(config_path))

@@ -14,6 +14,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -235,6 +236,13 @@ class BillbeeCredential(Credential):
         description="Requests per second across all endpoints for this user and API key, shared by all "
         "parallel runs. 0 disables it (unthrottled sandboxes only).",
     )
+    billbee_filter_timezone: Literal["auto", "UTC", "Europe/Berlin"] = Field(
+        "auto",
+        description="How the date filters of GET /orders (modifiedAtMin/Max, minOrderDate) are sent: as UTC or as "
+        "Europe/Berlin wall time, each with its real offset. Billbee does not document how it reads the offset; "
+        "'auto' starts with UTC, checks every window read against the range asked for and switches to the zone "
+        "Billbee applied (kept per account in the state store). Every reader of this account uses it.",
+    )
 
 
 class PulpoCredential(Credential):
@@ -346,8 +354,8 @@ class SalesOrdersSettings(_Model):
         24,
         ge=1,
         le=720,
-        description="How far back the first run reads orders (hours, 1-720); later runs continue from "
-        "their cursor.",
+        description="How far back the gap filler and `billbee-pulpo sync` look for hourly order windows not read "
+        "to their end (hours, 1-720). The first run imports the backlog by state instead (see import_since).",
     )
     order_num_template: str = Field(
         order_numbers.DEFAULT_TEMPLATE,
@@ -375,6 +383,34 @@ class SalesOrdersSettings(_Model):
         description="If set, only orders carrying at least one of these Billbee tags (case-insensitive) go to "
         "PULPO; others are skipped with the reason.",
     )
+    sweep_minutes: Whole = Field(
+        60,
+        ge=5,
+        le=1440,
+        description="Minutes between state sweeps (5-1440): GET /orders of the import states changed in the last "
+        "sweep_days, independent of the modification cursor; orders PULPO lacks are imported and counted as "
+        "sweep_recovered. Above 60 it must be whole hours.",
+    )
+    sweep_days: Whole = Field(
+        14, ge=1, le=90, description="How far back (by last change, days) each state sweep looks (1-90)."
+    )
+    import_since: date | None = Field(
+        None,
+        description="Orders whose OrderDate is before this date (YYYY-MM-DD, UTC) are never imported, e.g. old "
+        "orders already shipped by hand before go-live; empty = every order in an import state.",
+    )
+    start_date: datetime | None = Field(
+        None,
+        description="First hour of the hourly order windows (ISO date or date-time, UTC); empty = the hour "
+        "before the integration was first loaded (its go-live, kept in BPP_HOME/go_live/).",
+    )
+
+    @field_validator("start_date")
+    @classmethod
+    def _utc_start(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     @property
     def import_state_ids(self) -> list[int]:
@@ -400,6 +436,8 @@ class SalesOrdersSettings(_Model):
         clash = sorted({t.casefold() for t in self.exclude_tags} & {t.casefold() for t in self.require_tags})
         if clash:
             raise FieldError("require_tags", f"{', '.join(clash)} cannot be required and excluded")
+        if self.sweep_minutes > 60 and self.sweep_minutes % 60:
+            raise FieldError("sweep_minutes", "above 60 it must be whole hours (120, 180, ...)")
         seen: set[tuple[Any, Any]] = set()
         for rule in self.shipping_method_map:
             match = (rule.billbee_provider, rule.billbee_product)

@@ -14,6 +14,7 @@ from billbee_pulpo_pipeline.defs.attention import attention_checks
 from billbee_pulpo_pipeline.defs.common import STATE_STORE_KEY, Flow, flow_for, with_integration_metadata
 from billbee_pulpo_pipeline.defs.products import assets as products_assets
 from billbee_pulpo_pipeline.defs.resources import StateStoreResource, resource_for, resource_key
+from billbee_pulpo_pipeline.defs.sales_orders.go_live import with_go_live
 from billbee_pulpo_pipeline.defs.sales_orders.writer import WRITER as SALES_ORDERS_WRITER
 from billbee_pulpo_pipeline.defs.shipments import assets as shipments_assets
 from billbee_pulpo_pipeline.defs.shipments.writer import WRITER as SHIPMENTS_WRITER
@@ -53,6 +54,7 @@ def build_resources(config: IntegrationConfig, home: Path) -> dict[str, dg.Confi
 def build_definitions(config: IntegrationConfig, home: Path) -> dg.Definitions:
     """All integrations of `config` as one code location. Runs execute in process: the PULPO token
     and the DuckDB state store are shared per run, and a step per process would only add cost."""
+    config = with_go_live(config, home)  # sales orders: hourly partitions from go-live (point of `go_live.py`)
     flows = [flow_for(i, config) for i in config.integrations]
     writers = {flow.slug: writer_key(flow) for flow in flows}
     return dg.Definitions.merge(

@@ -14,7 +14,8 @@ from pydantic import Field, PrivateAttr
 
 from billbee_pulpo_pipeline.clients.billbee import BillbeeClient
 from billbee_pulpo_pipeline.clients.pulpo import PulpoClient
-from billbee_pulpo_pipeline.config import BillbeeCredential, Credential, PulpoCredential
+from billbee_pulpo_pipeline.config import BillbeeCredential, Credential, PulpoCredential, slugify
+from billbee_pulpo_pipeline.defs.filter_zone import effective_zone
 from billbee_pulpo_pipeline.state import StateStore
 
 SECRET = {"dagster__is_secret": True}
@@ -31,18 +32,22 @@ class BillbeeResource(dg.ConfigurableResource):
     rate_limit_per_endpoint: float = 2.0
     rate_limit_per_user: float = 10.0
     timeout_seconds: float = 60.0
+    filter_timezone: str = Field("auto", description="billbee_filter_timezone of the credential.")
     home: str = Field(description="BPP_HOME: where the cross-process pacing state lives.")
 
     _client: BillbeeClient | None = PrivateAttr(default=None)
 
     def client(self) -> BillbeeClient:
-        """One client per resource instance, so its call counts cover the whole step."""
+        """One client per resource instance, so its call counts cover the whole step. Its date filters
+        use the account's zone (configured, or detected by the order reader: `defs/filter_zone.py`)."""
         if self._client is None:
             self._client = BillbeeClient(
                 self.base_url, self.username, self.api_password, self.api_key,
                 rate_per_endpoint=self.rate_limit_per_endpoint, rate_per_user=self.rate_limit_per_user,
                 pacer_dir=Path(self.home) / "pacing", timeout=(5, self.timeout_seconds),
             )
+            self._client.filter_timezone = effective_zone(self.filter_timezone, StateStore(Path(self.home)),
+                                                          slugify(self.credential))
         return self._client
 
 
@@ -97,7 +102,7 @@ def resource_for(credential: Credential, home: Path) -> dg.ConfigurableResource:
             api_password=_value(credential, "api_password"), api_key=_value(credential, "api_key"),
             rate_limit_per_endpoint=credential.rate_limit_per_endpoint,
             rate_limit_per_user=credential.rate_limit_per_user, timeout_seconds=credential.timeout_seconds,
-            home=str(home),
+            filter_timezone=credential.billbee_filter_timezone, home=str(home),
         )
     if isinstance(credential, PulpoCredential):
         return PulpoResource(

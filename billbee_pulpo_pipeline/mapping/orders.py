@@ -69,8 +69,8 @@ def _address(order: Order | Mapping[str, Any]) -> dict[str, Any] | None:
     return {k: _get(address, k) for k in ADDRESS_KEYS}
 
 
-def _modified(order: Order | Mapping[str, Any]) -> str | None:
-    value = _get(order, "LastModifiedAt")
+def _modified(order: Order | Mapping[str, Any], field: str = "LastModifiedAt") -> str | None:
+    value = _get(order, field)
     if not value:
         return None
     # In UTC: one text whether it came as a datetime (with Billbee's offset) or as the stored JSON (UTC).
@@ -115,6 +115,7 @@ def order_fields(order: Order | Mapping[str, Any]) -> dict[str, Any]:
         "order_number": _get(order, "OrderNumber"),
         "state": _get(order, "State"),
         "last_modified_at": _modified(order),
+        "created_at": _modified(order, "CreatedAt"),
         "shop": _get(order, "ApiAccountName") or _get(seller, "BillbeeShopName"),
         "shop_id": _str_id(_get(seller, "BillbeeShopId")) if seller is not None else None,
         "tags": sorted({str(t) for t in _get(order, "Tags") or [] if t is not None}),
@@ -128,9 +129,12 @@ def order_fields(order: Order | Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+TIMESTAMPS = frozenset({"last_modified_at", "created_at"})  # neither changes what PULPO gets
+
+
 def content_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """The part of `order_fields` whose change matters (the modification time alone does not)."""
-    return {k: v for k, v in fields.items() if k != "last_modified_at"}
+    return {k: v for k, v in fields.items() if k not in TIMESTAMPS}
 
 
 def fields_from_payload(payload: str | Mapping[str, Any]) -> dict[str, Any]:

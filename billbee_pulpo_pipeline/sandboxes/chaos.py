@@ -164,21 +164,18 @@ class World:
         self.labels = LabelService(self.warehouse) if options.variant == "shipments" else None
         self.rng = random.Random(f"chaos:{options.seed}")
         self.paid: set[int] = set()       # every order that was ever in an import state
-        self.may_import: set[int] = set()  # paid history at the edge of the first sync's lookback
+        self.may_import: set[int] = set()  # orders that may or may not be imported (none since the go-live sweep)
         self.cancelled: set[int] = set()
         self.cancel_at: dict[int, list[int]] = {}  # tick -> paid orders the shop cancels then
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="chaos-world")
 
     def remember_history(self, first_sync: datetime) -> None:
-        """Historic orders the first sync imports: paid and changed inside its 24-hour lookback, which
-        starts at the top of the hour 24 h before it (those of the first hour may or may not be read)."""
-        hour = first_sync.replace(minute=0, second=0, microsecond=0)
-        for order in billbee_orders(self.shop, hour - timedelta(hours=25)):
+        """Historic orders the first sync imports: its go-live state sweep takes every order paid at that
+        moment, however old its last change (issue 11), so each of them must reach PULPO."""
+        for order in billbee_orders(self.shop, None, states=[PAID]):
             if order["State"] == PAID:
-                modified = datetime.fromisoformat(order["LastModifiedAt"])
-                (self.paid if modified > hour - timedelta(hours=23) else self.may_import).add(
-                    int(order["BillBeeOrderId"]))
+                self.paid.add(int(order["BillBeeOrderId"]))
 
     def start(self) -> None:
         self.thread.start()
@@ -277,11 +274,14 @@ def sync_rounds(env: dict[str, str], options: ChaosOptions, report: ChaosReport,
 # What is there afterwards
 
 
-def billbee_orders(shop: ShopSimulator, since: datetime) -> list[dict[str, Any]]:
+def billbee_orders(shop: ShopSimulator, since: datetime | None,
+                   states: list[int] | None = None) -> list[dict[str, Any]]:
     orders, page = [], 1
+    filters: dict[str, Any] = {"modifiedAtMin": since.isoformat()} if since is not None else {}
+    if states:
+        filters["orderStateId"] = states
     while True:
-        body = shop._call("GET", "/orders", params={"modifiedAtMin": since.isoformat(), "page": page,
-                                                    "pageSize": 250}).json()
+        body = shop._call("GET", "/orders", params={**filters, "page": page, "pageSize": 250}).json()
         orders.extend(body["Data"])
         if page >= int(body["Paging"]["TotalPages"] or 0):
             return orders

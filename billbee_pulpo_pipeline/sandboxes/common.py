@@ -7,7 +7,7 @@ where the system throttles, paced by token buckets. The control API lives under 
     GET  /__sandbox/stats          request counts per endpoint, 429s served, token requests, faults
     POST /__sandbox/stats/reset
     GET  /__sandbox/faults         PUT the same document to change the fault knobs
-    GET  /__sandbox/config         PUT {"throttle": false} to switch throttling off
+    GET  /__sandbox/config         PUT {"throttle": false} to switch throttling off (and the sandbox's own knobs)
     GET  /__sandbox/requests       the most recent requests (time, method, path, query, JSON body, status)
 
 Requests that carry `X-Sandbox-Actor: simulator` come from the simulated shop or warehouse: they are
@@ -150,6 +150,15 @@ class SandboxApp:
     def extra_control_routes(self) -> list[Route]:
         return []
 
+    def update_config(self, values: dict[str, Any]) -> None:
+        """PUT /__sandbox/config: the behaviour knobs (subclasses add their own)."""
+        if "throttle" in values:
+            self.throttle = bool(values["throttle"])
+            self.buckets.clear()
+
+    def config_values(self) -> dict[str, Any]:
+        return {"throttle": self.throttle, "seed": self.seed}
+
     # ---- routing ---------------------------------------------------------------------------------
 
     def api_route(self, method: str, template: str, handler: Handler, *, auth: bool = True) -> None:
@@ -257,11 +266,11 @@ class SandboxApp:
 
         async def config(request: Request) -> Response:
             if request.method == "PUT":
-                values = await request.json()
-                if "throttle" in values:
-                    self.throttle = bool(values["throttle"])
-                    self.buckets.clear()
-            return JSONResponse({"throttle": self.throttle, "seed": self.seed})
+                try:
+                    self.update_config(await request.json())
+                except (ValueError, TypeError) as exc:
+                    return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse(self.config_values())
 
         async def requests_log(request: Request) -> Response:
             limit = int(request.query_params.get("limit", "1000"))

@@ -35,6 +35,10 @@ class SandboxOptions:
     throttle: bool = True
     live: bool = False          # run the simulated shop and warehouse on a clock
     tick_seconds: float = 5.0   # live world: seconds between simulation steps
+    history_days: int = 30      # historic orders were created in these days before the start
+    recent_orders: int | None = None  # newest orders with the mostly-open state mix (default: a fifth, <= 2,000)
+    only_state: int | None = None     # every historic order in this Billbee state (e.g. 3 = Bezahlt)
+    filter_dates_as: str | None = None  # Billbee: read GET /orders date filters as this zone's wall time
 
 
 def _server(app: Starlette, host: str, port: int) -> uvicorn.Server:
@@ -52,7 +56,9 @@ def build_apps(options: SandboxOptions) -> tuple[Any, Any]:
     from billbee_pulpo_pipeline.sandboxes.pulpo.app import PulpoSandbox
 
     billbee = BillbeeSandbox(seed=options.seed, products=options.products, orders=options.orders,
-                             throttle=options.throttle)
+                             throttle=options.throttle, history_days=options.history_days,
+                             recent_orders=options.recent_orders, only_state=options.only_state)
+    billbee.update_config({"filter_dates_as": options.filter_dates_as})
     pulpo = PulpoSandbox(seed=options.seed)
     return billbee, pulpo
 
@@ -134,6 +140,14 @@ class SandboxProcess:
             cmd.append("--no-throttle")
         if o.live:
             cmd.append("--live")
+        if o.history_days != 30:
+            cmd += ["--history-days", str(o.history_days)]
+        if o.recent_orders is not None:
+            cmd += ["--recent-orders", str(o.recent_orders)]
+        if o.only_state is not None:
+            cmd += ["--only-state", str(o.only_state)]
+        if o.filter_dates_as:
+            cmd += ["--filter-dates-as", o.filter_dates_as]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1)
         assert self.proc.stdout is not None
         deadline = time.time() + 60
@@ -196,6 +210,9 @@ class SandboxProcess:
 
     def set_throttle(self, system: str, on: bool) -> dict[str, Any]:
         return self._control("PUT", system, "config", {"throttle": on})
+
+    def set_config(self, system: str, **knobs: Any) -> dict[str, Any]:
+        return self._control("PUT", system, "config", knobs)
 
     def requests(self, system: str, limit: int = 1000) -> list[dict[str, Any]]:
         return self._control("GET", system, f"requests?limit={limit}")

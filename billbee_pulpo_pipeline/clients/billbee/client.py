@@ -29,6 +29,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
+from billbee_pulpo_pipeline.clients.billbee.filter_zone import DEFAULT_ZONE, send_high, send_low, zone
 from billbee_pulpo_pipeline.clients.billbee.models import (
     AddShipmentRequest,
     LeanProduct,
@@ -425,6 +426,9 @@ class BillbeeClient(SessionClient):
         counter = shared_counter(pacer_dir, account, self.base_url) if pacer_dir is not None else None
         self.stats = CallStats(on_call=counter.add if counter is not None else None)
         self.pacer = shared_pacer(account, rate_per_endpoint, rate_per_user, pacer_dir)
+        # The zone the date filters of GET /orders are written in (see filter_zone.py); readers set the
+        # one configured or detected for this account.
+        self.filter_timezone = DEFAULT_ZONE
         # The secrets live only in the session (auth object and header), never in attributes or reprs.
         self._session = make_session(USER_AGENT)
         self._session.auth = HTTPBasicAuth(username, api_password)
@@ -623,11 +627,22 @@ class BillbeeClient(SessionClient):
         minimum_billbee_order_id: int | None = None,
     ) -> Iterator[ResultPage[Order]]:
         """Pages of orders. `modifiedAtMin` is exclusive and `modifiedAtMax` inclusive (Billbee's
-        wording). Keep the window fixed across the pages of one run and de-duplicate by id."""
+        wording). Keep the window fixed across the pages of one run and de-duplicate by id. Dates are
+        written in `filter_timezone` with its offset; lower bounds never later, upper bounds never earlier
+        than asked for, however Billbee reads them (see filter_zone.py)."""
+        name = self.filter_timezone
+        zone(name)  # an unknown zone fails here, before any call
+
+        def low(value: datetime | None) -> str | None:
+            return send_low(value, name).isoformat() if value is not None else None
+
+        def high(value: datetime | None) -> str | None:
+            return send_high(value, name).isoformat() if value is not None else None
+
         params = build_query(
-            modifiedAtMin=modified_at_min, modifiedAtMax=modified_at_max,
+            modifiedAtMin=low(modified_at_min), modifiedAtMax=high(modified_at_max),
             orderStateId=list(order_state_ids) if order_state_ids is not None else None,
-            minOrderDate=min_order_date, maxOrderDate=max_order_date,
+            minOrderDate=low(min_order_date), maxOrderDate=high(max_order_date),
             shopId=list(shop_ids) if shop_ids is not None else None,
             tag=list(tags) if tags is not None else None, excludeTags=exclude_tags,
             minimumBillBeeOrderId=minimum_billbee_order_id,

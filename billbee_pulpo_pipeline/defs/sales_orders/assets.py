@@ -17,7 +17,14 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from billbee_pulpo_pipeline.clients.billbee import MAX_PAGE_SIZE, Order, ResultPage, parse_billbee_datetime
+from billbee_pulpo_pipeline.clients.billbee import (
+    MAX_PAGE_SIZE,
+    BillbeeClient,
+    Order,
+    ResultPage,
+    parse_billbee_datetime,
+)
+from billbee_pulpo_pipeline.clients.billbee.filter_zone import GuardResult, SentRange, check_range
 from billbee_pulpo_pipeline.defs.common import (
     STATE_STORE_KEY,
     CallMeter,
@@ -30,8 +37,10 @@ from billbee_pulpo_pipeline.defs.common import (
     record_success,
     ui_metadata,
 )
+from billbee_pulpo_pipeline.defs.filter_zone import AUTO, remember_zone
 from billbee_pulpo_pipeline.defs.sales_orders.windows import (
     OVERLAP,
+    ReadRange,
     WindowRead,
     advanced_watermark,
     format_watermark,
@@ -50,6 +59,7 @@ from billbee_pulpo_pipeline.state import StateStore
 
 ORDERS = "billbee_orders"
 CONSISTENCY_CHECK = "window_read_consistent"
+DATE_FILTER_CHECK = "billbee_date_filter_matches"
 
 
 def partitions_for(flow: Flow) -> dg.HourlyPartitionsDefinition:
@@ -139,6 +149,11 @@ def sales_orders_assets(flow: Flow, partitions: dg.PartitionsDefinition) -> dg.A
                 WRITER_CHECK, asset=writer_key, blocking=False,
                 description="Every importable order the run handled is in PULPO, quarantined with a reason or "
                             "skipped with a reason (e.g. only vouchers). Warns; the run's writes stand."),
+            dg.AssetCheckSpec(
+                DATE_FILTER_CHECK, asset=reader_key, blocking=False,
+                description="Every order Billbee returned lies in the modifiedAtMin/Max range asked for (± 1 s). "
+                            "If not, the window is not marked complete, and with billbee_filter_timezone: auto "
+                            "the reader switches to the zone Billbee applied and reads the window again. Warns."),
         ],
         can_subset=True,
         required_resource_keys={flow.source_key, flow.target_key, STATE_STORE_KEY},
@@ -156,9 +171,10 @@ def sales_orders_assets(flow: Flow, partitions: dg.PartitionsDefinition) -> dg.A
             writer = OrderWriter(flow, pulpo, store, dry_run=config.dry_run, log=context.log)
         if reader_key in context.selected_asset_keys:
             early_writes = writer.write_pass if writer is not None and not config.dry_run else None
-            metadata, check = read_window(context, flow, store, config, early_writes)
+            metadata, checks = read_window(context, flow, store, config, early_writes)
+            check = checks[0]
             record_success(context, store, flow, ORDERS, ui_metadata(metadata))
-            yield dg.MaterializeResult(asset_key=reader_key, metadata=ui_metadata(metadata), check_results=[check])
+            yield dg.MaterializeResult(asset_key=reader_key, metadata=ui_metadata(metadata), check_results=checks)
             if not check.passed:
                 return  # the failed blocking check fails the run; the window is read again next time
         if writer is not None:
@@ -168,7 +184,8 @@ def sales_orders_assets(flow: Flow, partitions: dg.PartitionsDefinition) -> dg.A
 
 
 def read_window(context: dg.AssetExecutionContext, flow: Flow, store: StateStore, config: OrdersSyncConfig,
-                early_writes: Callable[[], None] | None) -> tuple[dict[str, dg.MetadataValue], dg.AssetCheckResult]:
+                early_writes: Callable[[], None] | None
+                ) -> tuple[dict[str, dg.MetadataValue], list[dg.AssetCheckResult]]:
     """Read the partition's window (what changed since its watermark), storing each page as it comes
     so that the writer's early passes run meanwhile; advance the watermark when all is well."""
     client = getattr(context.resources, flow.source_key).client()
@@ -182,29 +199,42 @@ def read_window(context: dg.AssetExecutionContext, flow: Flow, store: StateStore
     counts: Counter[str] = Counter()
     progress = Progress(f"{flow.name} {context.partition_key}", "orders", context.log.info)
 
+    guards: list[GuardResult] = []
+    adapted = ""
     with WriteBehind(early_writes, name=f"{flow.slug}-pulpo-writes") as behind:
-        def store_page(page: ResultPage[Order]) -> None:  # runs while the pacer waits for the next page
-            total = page.paging.TotalRows if page.paging is not None else None
-            # Position in the current pass (a window that shifted is paged again from page 1).
-            progress.update((page.number - 1) * config.page_size + len(page.items), total)
-            usable = [o for o in page.items if order_problem(o) is None]
-            fresh, stale = without_stale(store, dataset, usable)
-            # Refreshed payloads keep each order's stored LastModifiedAt current (`without_stale` compares it).
-            diff = store.upsert_snapshot(dataset, [order_row(o) for o in fresh], refresh_payloads=True)
-            counts.update(new=diff.new, changed=diff.changed, unchanged=diff.unchanged, stale=stale)
-            if diff.new or diff.changed:
-                behind.wake()
-
-        result = WindowRead.nothing() if wanted is None else read_orders(
-            client, wanted, page_size=config.page_size, on_shift=context.log.warning, on_page=store_page)
+        store_page = page_storer(store, dataset, behind, progress, config.page_size, counts)
+        result = WindowRead.nothing()
+        if wanted is not None:
+            result, guard = guarded_read(client, wanted, config.page_size, context.log.warning, store_page)
+            guards.append(guard)
+            if not guard.ok:
+                context.log.warning(mismatch_message(flow, context.partition_key, guard))
+                setting = getattr(flow.source, "billbee_filter_timezone", AUTO)
+                if setting == AUTO and guard.detected_zone is not None:
+                    # Send the bounds the way Billbee reads them from now on (every reader of the account),
+                    # and read this window again so that it can complete in this run.
+                    remember_zone(store, flow.source.slug, guard.detected_zone,
+                                  f"{flow.name} {context.partition_key}: {len(guard.outside)} order(s) outside "
+                                  f"the range, offset {guard.offset_observed}")
+                    adapted = f"{client.filter_timezone} -> {guard.detected_zone}"
+                    client.filter_timezone = guard.detected_zone
+                    context.log.warning(f"{flow.name}: Billbee reads the date filters as {guard.detected_zone} "
+                                        f"wall time; sending them that way from now on and reading "
+                                        f"{context.partition_key} again")
+                    result, guard = guarded_read(client, wanted, config.page_size, context.log.warning,
+                                                 store_page)
+                    guards.append(guard)
     if wanted is not None:
         progress.finish()
 
     problems = [{"billbee_order_id": str(o.BillBeeOrderId), "problem": p}
                 for o in result.orders if (p := order_problem(o)) is not None]
     # Orders that cannot go on are not stored and keep the watermark back: the check fails (blocking
-    # the PULPO write) and the next run reads them again, until Billbee answers them whole.
-    read_until = previous if problems else advanced_watermark(window.start, window.end, previous, started)
+    # the PULPO write) and the next run reads them again, until Billbee answers them whole. A read that
+    # returned orders outside its range proves nothing about the range: it keeps the watermark back too.
+    range_ok = not guards or guards[-1].ok
+    read_until = (previous if problems or not range_ok
+                  else advanced_watermark(window.start, window.end, previous, started))
     if read_until is not None and read_until != previous:
         store.set_cursor(cursor, format_watermark(read_until))
     complete = is_complete(read_until, window.end)
@@ -219,8 +249,78 @@ def read_window(context: dg.AssetExecutionContext, flow: Flow, store: StateStore
         "read_range": dg.MetadataValue.text(str(wanted) if wanted else "none"),
         "read_until": dg.MetadataValue.text(format_watermark(read_until) if read_until else ""),
         "complete": dg.MetadataValue.bool(complete),
+        **filter_metadata(client.filter_timezone, guards, adapted),
     }
-    return metadata, consistency_result(flow, result, problems)
+    return metadata, [consistency_result(flow, result, problems), date_filter_result(flow, guards, adapted)]
+
+
+def guarded_read(client: BillbeeClient, wanted: ReadRange, page_size: int, on_shift: Callable[[str], None],
+                 on_page: Callable[[ResultPage[Order]], None]) -> tuple[WindowRead, GuardResult]:
+    """One complete read of `wanted` and its range guard (against the bounds the client actually sent)."""
+    sent = SentRange.of(wanted.low, wanted.high, client.filter_timezone)
+    result = read_orders(client, wanted, page_size=page_size, on_shift=on_shift, on_page=on_page)
+    return result, check_range(sent, [(str(o.BillBeeOrderId), o.LastModifiedAt) for o in result.orders])
+
+
+def page_storer(store: StateStore, dataset: str, behind: WriteBehind, progress: Progress, page_size: int,
+                counts: Counter[str]) -> Callable[[ResultPage[Order]], None]:
+    """Stores each page's usable orders as it arrives (while the pacer waits for the next page) and wakes
+    the writer when something is new or changed."""
+
+    def store_page(page: ResultPage[Order]) -> None:
+        total = page.paging.TotalRows if page.paging is not None else None
+        # Position in the current pass (a read that shifted is paged again from page 1).
+        progress.update((page.number - 1) * page_size + len(page.items), total)
+        usable = [o for o in page.items if order_problem(o) is None]
+        fresh, stale = without_stale(store, dataset, usable)
+        # Refreshed payloads keep each order's stored LastModifiedAt current (`without_stale` compares it).
+        diff = store.upsert_snapshot(dataset, [order_row(o) for o in fresh], refresh_payloads=True)
+        counts.update(new=diff.new, changed=diff.changed, unchanged=diff.unchanged, stale=stale)
+        if diff.new or diff.changed:
+            behind.wake()
+
+    return store_page
+
+
+def mismatch_message(flow: Flow, partition_key: str, guard: GuardResult) -> str:
+    first = ", ".join(f"{key} at {format_watermark(at)}" for key, at in guard.outside[:3])
+    cause = (f"Billbee read the bounds as {guard.detected_zone} wall time (offset {guard.offset_observed})"
+             if guard.detected_zone else "no time zone explains it")
+    return (f"{flow.name} {partition_key}: {len(guard.outside)} of {guard.checked} orders lie outside the range "
+            f"asked for ({format_watermark(guard.sent.low)}, {format_watermark(guard.sent.high)}] (e.g. {first}): "
+            f"{cause}. The window is not marked complete.")
+
+
+def filter_metadata(zone: str, guards: list[GuardResult], adapted: str) -> dict[str, dg.MetadataValue]:
+    first_bad = next((g for g in guards if not g.ok), None)
+    return {
+        "filter_timezone": dg.MetadataValue.text(zone),
+        "filter_timezone_adapted": dg.MetadataValue.text(adapted),
+        "filter_offset_observed": dg.MetadataValue.text(first_bad.offset_observed if first_bad else ""),
+        "out_of_range": dg.MetadataValue.int(len(first_bad.outside) if first_bad else 0),
+    }
+
+
+def date_filter_result(flow: Flow, guards: list[GuardResult], adapted: str) -> dg.AssetCheckResult:
+    """Warns when a read of this run returned orders outside the range it asked for."""
+    first_bad = next((g for g in guards if not g.ok), None)
+    rows = [{"billbee_order_id": key, "last_modified_at": format_watermark(at)}
+            for key, at in (first_bad.outside if first_bad else [])]
+    sent_zone = first_bad.sent.zone if first_bad else (guards[-1].sent.zone if guards else "")
+    return dg.AssetCheckResult(
+        asset_key=flow.key(ORDERS),
+        check_name=DATE_FILTER_CHECK,
+        passed=first_bad is None,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "filter_timezone_sent": dg.MetadataValue.text(sent_zone),
+            "detected_timezone": dg.MetadataValue.text((first_bad.detected_zone or "unknown") if first_bad else ""),
+            "filter_offset_observed": dg.MetadataValue.text(first_bad.offset_observed if first_bad else ""),
+            "filter_timezone_adapted": dg.MetadataValue.text(adapted),
+            "out_of_range": dg.MetadataValue.int(len(rows)),
+            "out_of_range_preview": preview_table(rows),
+        },
+    )
 
 
 def write_result(context: dg.AssetExecutionContext, flow: Flow, writer: OrderWriter, meter: CallMeter,

@@ -51,6 +51,9 @@ Decisions where the spec and notes are silent (each a guess at the live service,
 - Reservations (UnfulfilledAmount) count open orders in states.DEFAULT_RESERVING_STATES on the default
   stock; orders never change StockCurrent themselves (the warehouse's absolute pushes own it).
 - Query dates without an offset are read as UTC; '+' decoded to a space in an offset is repaired.
+  Knob `filter_dates_as` (PUT /__sandbox/config, default null = honour the offset): "Europe/Berlin" or
+  "UTC" reads the wall time of GET /orders' date filters in that zone and ignores the offset, as the
+  official C# SDK's offset-less local times suggest Billbee might (ambiguous autumn hour: standard time).
 - Every order change (state, shipment, tags, label) sets LastModifiedAt to now (UTC), strictly after
   the previous change, so no two changes share a timestamp. POST /orders/{id}/shipment does not
   change the state; shipwithlabel sets state 4 unless ChangeStateToSend is false.
@@ -71,6 +74,7 @@ import math
 import re
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -86,6 +90,7 @@ from billbee_pulpo_pipeline.sandboxes.billbee.data import (
     SHOPS,
     STOCK_BY_ID,
     STOCKS,
+    WORLD_OPTIONS,
     OrderFilter,
     ProductCore,
     ShipmentFilter,
@@ -119,6 +124,7 @@ ERROR_NAMES = {
 }
 ORDER_DETAIL = "GET /api/v1/orders/{id}"
 MAX_PAGE_SIZE = 250
+FILTER_DATE_READINGS = (None, "UTC", "Europe/Berlin")  # the `filter_dates_as` knob: None honours the offset
 _INT_RE = re.compile(r"\s*[+-]?\d+\s*")
 
 
@@ -201,8 +207,10 @@ def parse_bool(value: Any, name: str) -> bool:
     raise api_error(400, f"The value '{value}' is not valid for {name}.")
 
 
-def parse_datetime_us(value: str, name: str) -> int:
-    """Microseconds since the epoch; accepts ISO-8601 (with or without offset) and 'yyyy-MM-dd HH:mm'."""
+def parse_datetime_us(value: str, name: str, wall_zone: str | None = None) -> int:
+    """Microseconds since the epoch; accepts ISO-8601 (with or without offset) and 'yyyy-MM-dd HH:mm'.
+    `wall_zone` (the `filter_dates_as` knob) reads the wall time in that zone and ignores any offset;
+    in the repeated autumn hour it takes standard time, as .NET's TimeZoneInfo.ConvertTimeToUtc does."""
     text = value.strip()
     if re.search(r"\d \d{2}:?\d{2}$", text) and "T" in text:
         text = text[:-6] + "+" + text[-5:] if text[-6] == " " else text  # '+' decoded to a space
@@ -210,7 +218,9 @@ def parse_datetime_us(value: str, name: str) -> int:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise api_error(400, f"The value '{value}' is not valid for {name}.") from None
-    if moment.tzinfo is None:
+    if wall_zone is not None:
+        moment = moment.replace(tzinfo=UTC if wall_zone == "UTC" else ZoneInfo(wall_zone), fold=1)
+    elif moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
@@ -221,12 +231,13 @@ def _q_int(q: dict[str, list[str]], name: str, default: int | None = None) -> in
     return default if not values else parse_int(values[-1], name)
 
 
-def _q_date_ms(q: dict[str, list[str]], name: str, *, round_up: bool = False) -> int | None:
+def _q_date_ms(q: dict[str, list[str]], name: str, *, round_up: bool = False,
+              wall_zone: str | None = None) -> int | None:
     """A date filter in ms; inclusive lower bounds round up, other bounds down (see data.OrderFilter)."""
     values = q.get(name.lower())
     if not values or not values[-1].strip():
         return None
-    us = parse_datetime_us(values[-1], name)
+    us = parse_datetime_us(values[-1], name, wall_zone)
     return -(-us // 1000) if round_up else us // 1000
 
 
@@ -331,11 +342,26 @@ class BillbeeSandbox(SandboxApp):
     system = "billbee"
 
     def __init__(
-        self, *, seed: int = 1, products: int = 1000, orders: int = 2000, throttle: bool = True
+        self, *, seed: int = 1, products: int = 1000, orders: int = 2000, throttle: bool = True,
+        **world_options: Any,
     ) -> None:
         super().__init__(seed=seed, throttle=throttle)
-        self.world = World(seed=seed, products=products, orders=orders)
+        self.world = World(seed=seed, products=products, orders=orders, **world_options)
+        # None: date filters of GET /orders honour their offset; a zone name: their wall time is read in
+        # that zone and the offset ignored (Billbee does not document which it does; see filter_zone.py).
+        self.filter_dates_as: str | None = None
         self._register()
+
+    def update_config(self, values: dict[str, Any]) -> None:
+        if "filter_dates_as" in values:
+            zone = values["filter_dates_as"]
+            if zone not in FILTER_DATE_READINGS:
+                raise ValueError(f"filter_dates_as must be one of {FILTER_DATE_READINGS}, got {zone!r}")
+            self.filter_dates_as = zone
+        super().update_config(values)
+
+    def config_values(self) -> dict[str, Any]:
+        return {**super().config_values(), "filter_dates_as": self.filter_dates_as}
 
     # ---- hooks ---------------------------------------------------------------------------------
 
@@ -387,6 +413,7 @@ class BillbeeSandbox(SandboxApp):
             products=int(params.get("products", self.world.n_products)),
             orders=int(params.get("orders", self.world.n_orders)),
             marketplace_skus=bool(params.get("marketplace_skus", False)),
+            **{k: params[k] for k in WORLD_OPTIONS if params.get(k) is not None},
         )
         return self.world.summary()
 
@@ -482,11 +509,12 @@ class BillbeeSandbox(SandboxApp):
         states = q.get("orderstateid")
         shops = q.get("shopid")
         title_source = self._title_source(q)
+        wall = self.filter_dates_as
         f = OrderFilter(
-            min_order_ms=_q_date_ms(q, "minOrderDate", round_up=True),
-            max_order_ms=_q_date_ms(q, "maxOrderDate"),
-            modified_min_ms=_q_date_ms(q, "modifiedAtMin"),
-            modified_max_ms=_q_date_ms(q, "modifiedAtMax"),
+            min_order_ms=_q_date_ms(q, "minOrderDate", round_up=True, wall_zone=wall),
+            max_order_ms=_q_date_ms(q, "maxOrderDate", wall_zone=wall),
+            modified_min_ms=_q_date_ms(q, "modifiedAtMin", wall_zone=wall),
+            modified_max_ms=_q_date_ms(q, "modifiedAtMax", wall_zone=wall),
             min_order_id=_q_int(q, "minimumBillBeeOrderId"),
             states=frozenset(parse_int(v, "orderStateId") for v in states) if states else None,
             shops=frozenset(parse_int(v, "shopId") for v in shops) if shops else None,

@@ -49,7 +49,7 @@ PRODUCT_ID_OFFSET = billbee_product_id(0)
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
-ORDER_HISTORY_MS = 30 * DAY_MS  # historic orders lie in the 30 days before the sandbox start
+ORDER_HISTORY_MS = 30 * DAY_MS  # default: historic orders lie in the 30 days before the sandbox start
 ORDER_SETTLE_MS = DAY_MS  # LastModifiedAt = CreatedAt + this (paid/shipped within a day)
 SHIPPED_AFTER_MS = 12 * HOUR_MS
 PRODUCT_HISTORY_MS = 365 * DAY_MS
@@ -346,12 +346,22 @@ def _weighted_table(rng: random.Random, weights: dict[int, int]) -> list[int]:
     return values
 
 
-def build_segments(seed: int, orders: int) -> tuple[Segment, ...]:
-    """Old orders: mostly shipped/closed, a few open stragglers; the newest ones: mostly open."""
+WORLD_OPTIONS = ("history_days", "recent_orders", "only_state")
+"""Optional generation parameters of `World` (also accepted by POST /__sandbox/reset)."""
+
+
+def build_segments(seed: int, orders: int, recent_orders: int | None = None,
+                   only_state: int | None = None) -> tuple[Segment, ...]:
+    """Old orders: mostly shipped/closed, a few open stragglers; the newest ones (`recent_orders`, default a
+    fifth, at most RECENT_CAP): mostly open. `only_state` puts every order in that one state."""
     recent = orders if orders < 5 else min(orders // 5, RECENT_CAP)
+    if recent_orders is not None:
+        recent = max(0, min(orders, recent_orders))
     rng = random.Random(f"billbee-orders:{seed}")
     old_states = _weighted_table(rng, {4: 80, 7: 95, 8: 12, 5: 2, 6: 2, 9: 5, 3: 2, 1: 1, 2: 1})
     new_states = _weighted_table(rng, {1: 50, 2: 20, 3: 80, 4: 30, 8: 10, 13: 5, 16: 5})
+    if only_state is not None:
+        old_states = new_states = [only_state] * PERIOD
     shops = rng.choices(range(len(SHOPS)), weights=SHOP_WEIGHTS, k=PERIOD)
     shipping = rng.choices(range(len(SHIPPING_CHOICES)), weights=[c[2] for c in SHIPPING_CHOICES], k=PERIOD)
     old = tuple(zip(old_states, shops, shipping, strict=True))
@@ -442,9 +452,12 @@ class World:
     def __init__(
         self, *, seed: int = 1, products: int = 1000, orders: int = 2000, start_ms: int | None = None,
         marketplace_skus: bool = False,
+        history_days: int = 30, recent_orders: int | None = None, only_state: int | None = None,
     ) -> None:
         if products < 0 or orders < 0:
             raise ValueError("products and orders must be >= 0")
+        if history_days < 2:
+            raise ValueError("history_days must be >= 2")
         self.seed = seed
         # Knob (reset param, off by default): the first line of every Amazon order carries the listing's
         # seller SKU (MARKETPLACE_SKU_PREFIX + the article's SKU) instead of the article's, as Billbee shows
@@ -453,7 +466,9 @@ class World:
         self.n_products = products
         self.n_orders = orders
         self.start_ms = start_ms if start_ms is not None else now_ms()
-        self.segments = build_segments(seed, orders)
+        # Historic orders are created in the `history_days` before the start (last changed a day later).
+        self.history_ms = int(history_days) * DAY_MS
+        self.segments = build_segments(seed, orders, recent_orders, only_state)
         self._last_bump_ms = self.start_ms
         # orders
         self.overlay: dict[int, OrderRow] = {}
@@ -484,8 +499,8 @@ class World:
         return self._last_bump_ms
 
     def order_created_ms(self, i: int) -> int:
-        span = ORDER_HISTORY_MS - ORDER_SETTLE_MS
-        return self.start_ms - ORDER_HISTORY_MS + (i * span) // max(self.n_orders, 1)
+        span = self.history_ms - ORDER_SETTLE_MS
+        return self.start_ms - self.history_ms + (i * span) // max(self.n_orders, 1)
 
     def order_modified_ms(self, i: int) -> int:
         return self.order_created_ms(i) + ORDER_SETTLE_MS
