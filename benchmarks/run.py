@@ -298,7 +298,7 @@ def fig__flow_sync() -> dict[str, Any]:
     selection = dg.AssetSelection.groups(group)
     if os.environ.get("BENCH_ASSET"):
         selection = dg.AssetSelection.assets(dg.AssetKey([group, os.environ["BENCH_ASSET"]]))
-    sweep = os.environ.get("BENCH_ASSET") == "billbee_open_import_orders"
+    sweep = os.environ.get("BENCH_ASSET") == SWEEP_ASSET
     partition = time.strftime("%Y-%m-%d-%H:00", time.gmtime()) if group == "auftraege" and not sweep else None
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     result = dg.materialize(list(defs.assets), selection=selection, resources=build_resources(config, home),

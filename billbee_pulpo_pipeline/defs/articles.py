@@ -33,7 +33,7 @@ class ArticleCatalog:
         self.products_name = products.name if products is not None else None
         # Whether the products flow makes PULPO kits of bundles (`bundles: kit`); without it, no kit exists
         # unless the warehouse made one by hand.
-        self.makes_kits = products is not None and getattr(products.settings, "bundles", "kit") == "kit"
+        self.makes_kits = products is not None and products.settings.bundles == "kit"  # type: ignore[union-attr]
         self.articles: dict[str, Article] = {}
         self._asked: set[str] = set()
 

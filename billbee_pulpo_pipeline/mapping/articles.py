@@ -26,8 +26,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-BUNDLE_TYPE = 2
-MAX_DEPTH = 3  # bundles of bundles are split this deep (as the stock flow always did)
+BUNDLE_TYPE = 2  # Billbee `Type` of a bill-of-materials article (products, order positions)
+MAX_DEPTH = 3    # bundles of bundles are split this deep (orders and the stock flow alike)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from datetime import UTC
 from typing import Any, Protocol
 
 from billbee_pulpo_pipeline.clients.billbee.models import Order, parse_billbee_datetime
+from billbee_pulpo_pipeline.mapping.articles import BUNDLE_TYPE
 
-BUNDLE_TYPE = 2  # Billbee `Product.Type` of a bill-of-materials article on an order position
 ADDRESS_KEYS = ("FirstName", "LastName", "Company", "NameAddition", "Street", "HouseNumber", "Line2", "Zip",
                 "City", "State", "CountryISO2", "Email", "Phone")
 

@@ -37,9 +37,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from billbee_pulpo_pipeline.clients.billbee.models import Product
+from billbee_pulpo_pipeline.mapping.articles import BUNDLE_TYPE, _text
 
 GRAMS_PER_PULPO_WEIGHT_UNIT = 1000  # PULPO weights are kilograms
-BUNDLE_TYPE = 2
 
 
 def title(product: Any, language: str = "de") -> str | None:
@@ -91,11 +91,6 @@ def unlinkable_reason(fields: dict[str, Any], sku_owner: dict[str, str]) -> str 
 
 # --------------------------------------------------------------------------------------------------
 # PULPO payloads
-
-
-def _text(value: Any) -> str | None:
-    text = str(value).strip() if value is not None else ""
-    return text or None
 
 
 def _measure(value: Any) -> float | None:

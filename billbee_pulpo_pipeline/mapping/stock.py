@@ -33,10 +33,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from billbee_pulpo_pipeline.mapping.articles import Article, LineRef, resolve_line
+from billbee_pulpo_pipeline.mapping.articles import BUNDLE_TYPE, MAX_DEPTH, Article, LineRef, resolve_line
 
-BUNDLE_TYPE = 2           # Billbee `Type` of a bill-of-materials article
-MAX_BUNDLE_DEPTH = 3      # bundles of bundles are resolved this deep
+MAX_BUNDLE_DEPTH = MAX_DEPTH  # bundles of bundles are resolved this deep
 SELL_OUT_FLOOR = 20       # fewer sell-outs than this in one run are never judged implausible
 
 FORMULA = ("Billbee stock = max(0, floor(Q − O − B)); Q = PULPO {quantity} in warehouse {warehouse} (other "

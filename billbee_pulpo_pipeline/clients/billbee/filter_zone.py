@@ -54,23 +54,24 @@ def _local(moment: datetime, zone_name: str) -> datetime:
 
 def send_low(moment: datetime, zone_name: str) -> datetime:
     """`moment` as a lower bound written in `zone_name` (with its offset), never read later than `moment`."""
-    candidate = moment
-    for _ in range(3):
-        local = _local(candidate, zone_name)
-        if wall_readings(local, zone_name)[1] <= moment:
-            return local
-        candidate -= HOUR
-    return _local(candidate, zone_name)
+    return _send(moment, zone_name, -HOUR)
 
 
 def send_high(moment: datetime, zone_name: str) -> datetime:
     """`moment` as an upper bound written in `zone_name`, never read earlier than `moment`."""
+    return _send(moment, zone_name, HOUR)
+
+
+def _send(moment: datetime, zone_name: str, step: timedelta) -> datetime:
+    """The first of `moment`, `moment + step`, ... whose every wall-time reading lies on the `step` side of
+    `moment` (only the repeated autumn hour needs a step)."""
     candidate = moment
     for _ in range(3):
         local = _local(candidate, zone_name)
-        if wall_readings(local, zone_name)[0] >= moment:
+        readings = wall_readings(local, zone_name)
+        if (readings[1] <= moment) if step < timedelta(0) else (readings[0] >= moment):
             return local
-        candidate += HOUR
+        candidate += step
     return _local(candidate, zone_name)
 
 

@@ -316,24 +316,31 @@ class PulpoClient(SessionClient):
         ignored), the rest are fetched one by one rather than paging the whole catalogue."""
         wanted = {int(i) for i in product_ids}
         found: dict[int, Product] = {}
+        list_honoured = True   # once a server showed it ignores the id list, no further list call is made
         for chunk in _chunks(sorted(wanted), IDS_PER_REQUEST):
-            rows = self._iterate("/inventory/products", "products", Product, {"id[]": chunk}, expected=len(chunk))
-            for product in rows:
-                if product.id not in chunk:
-                    logger.info("GET /inventory/products ignored the id list; reading products one by one")
-                    break
-                if self.owns(product):
-                    found[product.id] = product
-            else:
-                continue
-            for pid in chunk:
-                if pid not in found:
-                    try:
-                        product = self.get_product(pid)
-                    except NotFoundError:
-                        continue
+            if list_honoured:
+                rows = self._iterate("/inventory/products", "products", Product, {"id[]": chunk},
+                                     expected=len(chunk))
+                for product in rows:
+                    if product.id not in chunk:
+                        logger.info("GET /inventory/products ignored the id list; reading products one by one")
+                        list_honoured = False
+                        break
                     if self.owns(product):
-                        found[pid] = product
+                        found[product.id] = product
+            if not list_honoured:
+                found.update(self._products_one_by_one(pid for pid in chunk if pid not in found))
+        return found
+
+    def _products_one_by_one(self, product_ids: Iterable[int]) -> dict[int, Product]:
+        found: dict[int, Product] = {}
+        for pid in product_ids:
+            try:
+                product = self.get_product(pid)
+            except NotFoundError:
+                continue
+            if self.owns(product):
+                found[pid] = product
         return found
 
     def get_product(self, product_id: int) -> Product:

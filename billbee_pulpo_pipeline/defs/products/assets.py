@@ -151,7 +151,7 @@ def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateSto
     client = getattr(context.resources, flow.source_key).client()
     meter = CallMeter(billbee=client.stats)
     datasets = ProductDatasets(store, flow)
-    scans: list[SnapshotScan] = []
+    scan: SnapshotScan | None = None   # the current pass's; only a consistent last pass decides removals
     counts: Counter[str] = Counter()
 
     def store_changes(scan: SnapshotScan) -> bool:
@@ -167,10 +167,10 @@ def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateSto
         def pages() -> Iterator[ResultPage[Any]]:
             """One pass over the catalogue into a fresh scan (a discarded pass's changes were real content
             and stay stored); yields the ids of each page for the shift check."""
-            if scans:
-                store_changes(scans[-1])
+            nonlocal scan
+            if scan is not None:
+                store_changes(scan)
             scan = SnapshotScan(language, datasets.hash_prefixes(datasets.snapshot))
-            scans.append(scan)
             for page in client.iter_product_pages_lean(page_size=250):
                 scan.add(page.items)
                 if scan.pending_rows and (behind.idle or scan.pending_rows >= STORE_EVERY) and store_changes(scan):
@@ -192,7 +192,7 @@ def take_snapshot(context: dg.AssetExecutionContext, flow: Flow, store: StateSto
                 description=f"{flow.name}: the Billbee catalogue kept changing while it was read ({SCAN_PASSES} "
                             "full reads); nothing was deactivated in PULPO. The next run reads it again.",
                 metadata={"shifts": dg.MetadataValue.text(str(exc))}) from exc
-        scan = scans[-1]
+        assert scan is not None  # read_complete_window made at least one pass
         store_changes(scan)
     progress.finish()
     removed = scan.removed_keys()

@@ -46,11 +46,12 @@ def go_live(home: Path, slug: str, *, create: bool = True, now: datetime | None 
             logger.warning("go-live marker %s is unreadable; writing it again", path)
     if not create:
         return None
-    # The hour before the first load: a first sync just after the turn of an hour still has the hour
-    # that just ended (orders paid in its last minutes), and a run scheduled for it can never miss its partition.
-    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    if (Path(home) / DB_FILE_NAME).exists():
+    if (Path(home) / DB_FILE_NAME).exists():   # an install from before markers keeps its old start
         moment = legacy_start(now)
+    else:   # the hour before the first load: a first sync just after the turn of an hour still has the hour
+        # that just ended (orders paid in its last minutes), and a run scheduled for it never misses its partition
+        hour = (now or datetime.now(UTC)).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        moment = hour - timedelta(hours=1)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{slug}.{os.getpid()}")

@@ -200,6 +200,8 @@ def sweep_assets(flow: Flow) -> dg.AssetsDefinition:
             store.set_cursor(sweep_cursor(flow), json.dumps({"at": started.isoformat(), "backlog_done": True}))
 
         recovered = {} if backlog else missed.missed
+        recovered_preview = preview_table([{"billbee_order_id": k, "order_number": v}
+                                           for k, v in sorted(recovered.items())])
         if recovered:
             context.log.warning(f"{flow.name}: the state sweep found {len(recovered)} order(s) in an import state "
                                 f"that the modification cursor missed, now handed to the writer: "
@@ -220,8 +222,7 @@ def sweep_assets(flow: Flow) -> dg.AssetsDefinition:
             "since": dg.MetadataValue.text(since.isoformat() if since else "any time"),
             "import_since": dg.MetadataValue.text(settings.import_since.isoformat() if settings.import_since else ""),
             "consistent": dg.MetadataValue.bool(consistent),
-            "recovered_preview": preview_table([{"billbee_order_id": k, "order_number": v}
-                                                for k, v in sorted(recovered.items())]),
+            "recovered_preview": recovered_preview,
         }
         if not config.dry_run:
             record_success(context, store, flow, SWEEP, ui_metadata(metadata))
@@ -230,8 +231,7 @@ def sweep_assets(flow: Flow) -> dg.AssetsDefinition:
             dg.AssetCheckResult(
                 asset_key=key, check_name=SWEEP_CHECK, passed=not recovered, severity=dg.AssetCheckSeverity.WARN,
                 metadata={"sweep_recovered": dg.MetadataValue.int(len(recovered)),
-                          "recovered_preview": preview_table([{"billbee_order_id": k, "order_number": v}
-                                                              for k, v in sorted(recovered.items())])})])
+                          "recovered_preview": recovered_preview})])
 
     return state_sweep
 

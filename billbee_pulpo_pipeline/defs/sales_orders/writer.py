@@ -327,11 +327,11 @@ class OrderWriter:
         shop = job.fields.get("shop_id")
         if self.shop_ids and str(shop) not in self.shop_ids:
             return f"shop {shop or '(none)'} is not in shop_ids"
-        tags = {str(t).casefold().strip() for t in job.fields.get("tags") or []}
-        excluded = sorted(t for t in job.fields.get("tags") or [] if str(t).casefold().strip() in self.exclude_tags)
+        tags = {str(t).casefold().strip(): str(t) for t in job.fields.get("tags") or []}
+        excluded = sorted(tags[t] for t in tags.keys() & self.exclude_tags)
         if excluded:
             return f"tag '{excluded[0]}' is in exclude_tags"
-        if self.require_tags and not tags & self.require_tags:
+        if self.require_tags and not tags.keys() & self.require_tags:
             return f"none of the require_tags ({', '.join(sorted(self.settings.require_tags))}) is on the order"
         return None
 
@@ -734,9 +734,11 @@ class OrderWriter:
         job.mapped_extra = extra
         self.order_maps.append((job.key, str(job.pulpo_id), extra))
 
-    def _settle(self, job: Job, result: str, *, remote: str | None = None, reason: str | None = None) -> bool:
-        """A final outcome: processed until Billbee changes the order again."""
-        self.report.counts[result] += 1
+    def _settle(self, job: Job, result: str, *, remote: str | None = None, reason: str | None = None,
+                count: str | None = None) -> bool:
+        """A final outcome: processed until Billbee changes the order again (`count`: the report's counter,
+        when it differs from the recorded result)."""
+        self.report.counts[count or result] += 1
         self.processed.append((job.key, job.hash, canonical_json(
             {"result": result, "pulpo_id": remote, "reason": reason})))
         self.settled.append(job.key)
@@ -746,11 +748,7 @@ class OrderWriter:
         job.action = ""
         if self.dry_run:
             self._plan(job, "skip", reason)
-        settled = self._settle(job, "skipped", reason=reason)
-        if count != "skipped":   # recorded as skipped with its reason, counted apart
-            self.report.counts["skipped"] -= 1
-            self.report.counts[count] += 1
-        return settled
+        return self._settle(job, "skipped", reason=reason, count=count)
 
     def _attention(self, job: Job, reason: str, *, ledger_key: str | None, message: str | None = None) -> bool:
         job.action = ""

@@ -34,8 +34,7 @@ from typing import Any
 from billbee_pulpo_pipeline.clients.billbee import BillbeeClient, Order, ResultPage
 from billbee_pulpo_pipeline.defs.common import Flow, mapping_kind
 from billbee_pulpo_pipeline.defs.sales_orders.windows import read_complete_window
-from billbee_pulpo_pipeline.mapping.articles import Article
-from billbee_pulpo_pipeline.mapping.stock import OpenOrder, OpenUnits, open_order, open_units, order_record
+from billbee_pulpo_pipeline.mapping.stock import OpenOrder, open_order, order_record
 from billbee_pulpo_pipeline.state import StateStore, snapshot_row
 
 OPEN_ORDERS = "billbee_open_orders"
@@ -151,13 +150,6 @@ class OpenOrders:
         """Orders PULPO has (an order mapping of this Billbee/PULPO pair, not cancelled in PULPO)."""
         mapped = self.store.get_mappings(self.order_kind, order_ids)
         return {key for key, m in mapped.items() if (m.extra or {}).get("state") != CANCELLED_IN_PULPO}
-
-    def units(self, components: Mapping[str, list[tuple[str, float]]],
-              articles: Mapping[str, Article] | None = None) -> OpenUnits:
-        """O per SKU now. Call it before reading PULPO's stock (see the module docstring)."""
-        orders = self.orders()
-        return open_units(orders, set(self.states), self.in_pulpo([o.order_id for o in orders]), components,
-                          articles)
 
 
 def _record(order: Order) -> dict[str, Any]:

@@ -49,7 +49,6 @@ PRODUCT_ID_OFFSET = billbee_product_id(0)
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
-ORDER_HISTORY_MS = 30 * DAY_MS  # default: historic orders lie in the 30 days before the sandbox start
 ORDER_SETTLE_MS = DAY_MS  # LastModifiedAt = CreatedAt + this (paid/shipped within a day)
 SHIPPED_AFTER_MS = 12 * HOUR_MS
 PRODUCT_HISTORY_MS = 365 * DAY_MS
